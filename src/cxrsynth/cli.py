@@ -1,0 +1,82 @@
+"""The ``cxrsynth`` command line: one command (or command group) per pipeline stage.
+
+Each stage's options live beside the stage (``cxrsynth/<stage>/cli.py`` or
+``cxrsynth/cli_<stage>.py``); this module only assembles them and turns
+:class:`~cxrsynth.errors.CxrsynthError` into a clear message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from cxrsynth.data.cli import data_app
+from cxrsynth.errors import CxrsynthError
+
+app = typer.Typer(
+    name="cxrsynth",
+    help=(
+        "Train diffusion models on private chest X-rays, generate synthetic radiographs, "
+        "measure their realism and usefulness, and audit what they leak about patients.\n\n"
+        "Pipeline: data -> train -> sample -> evaluate -> audit -> report."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data_app, name="data")
+
+_err_console = Console(stderr=True)
+
+
+def _register_optional_stages() -> None:
+    """Attach the stages whose modules exist; each module registers its own commands."""
+    import importlib
+
+    for module_name in ("cxrsynth.cli_train", "cxrsynth.cli_sample", "cxrsynth.cli_evaluate"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(app)
+
+
+_register_optional_stages()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the command line (the ``cxrsynth`` console script and ``python -m cxrsynth``).
+
+    Args:
+        argv: arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Raises:
+        SystemExit: always, with 0 on success, 2 on a :class:`CxrsynthError`.
+    """
+    try:
+        app(args=argv if argv is not None else sys.argv[1:], prog_name="cxrsynth", standalone_mode=False)
+    except CxrsynthError as exc:
+        _err_console.print(f"[bold red]error:[/] {exc.problem}", highlight=False)
+        if exc.fix:
+            _err_console.print(f"[bold]fix:[/] {exc.fix}", highlight=False)
+        raise SystemExit(2) from None
+    except typer.Abort:
+        _err_console.print("aborted")
+        raise SystemExit(130) from None
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", None)
+        if code is None:
+            code = getattr(exc, "code", 0)
+        raise SystemExit(code) from None
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        raise
+    raise SystemExit(0)

@@ -1,0 +1,117 @@
+"""Atomic writes: a failed stage leaves no half-written output behind.
+
+Files are written to a temporary sibling and renamed into place; folders are built under a
+temporary sibling name and renamed when complete, so readers see either the old state or the
+complete new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from cxrsynth.errors import CxrsynthError
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename).
+
+    Args:
+        path: destination file; its parent folder is created if missing.
+        data: the bytes to write.
+
+    Returns:
+        The destination path.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(dest.parent)
+    return dest
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically. Returns the destination path."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically.
+
+    Non-finite floats are rejected, because JSON that other tools parse must be strict:
+    convert NaN to None before calling.
+
+    Raises:
+        ValueError: when ``obj`` contains NaN or infinity.
+    """
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    return atomic_write_text(path, text)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+    """Build a folder under a temporary name and move it to ``target`` only on success.
+
+    Usage::
+
+        with atomic_directory(out) as tmp:
+            (tmp / "file").write_text("...")
+        # out now exists, complete; on an exception nothing is left at ``out``.
+
+    Args:
+        target: the folder to create.
+        overwrite: replace an existing ``target`` (the old one is removed only after the new
+            one is complete).
+
+    Yields:
+        The temporary folder to write into (same parent as ``target``).
+
+    Raises:
+        CxrsynthError: when ``target`` exists and ``overwrite`` is false.
+    """
+    dest = Path(target)
+    if dest.exists() and not overwrite:
+        raise CxrsynthError(
+            f"output folder {dest} already exists",
+            "choose another output path, or remove it first",
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

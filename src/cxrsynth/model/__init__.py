@@ -1,0 +1,1 @@
+"""The diffusion model: UNet presets, label conditioning, schedulers and samplers."""
