@@ -17,7 +17,8 @@ from cxrsynth.data.prepared import PreparedData, load_prepared
 
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 images (…×S×S) → float32 tensor in [-1, 1] with the same shape."""
-    tensor = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    # np.array copies: prepared images are read-only memmaps, which torch warns about wrapping
+    tensor = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))
     return tensor.to(torch.float32) / 127.5 - 1.0
 
 
