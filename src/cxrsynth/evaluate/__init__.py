@@ -1,0 +1,13 @@
+"""Evaluation of synthetic radiographs: realism (FID/KID/precision/recall, domain distance, pixel
+statistics), diversity (MS-SSIM) and usefulness (train on synthetic, test on real).
+
+Modules, one concern each: :mod:`.frechet` (Fréchet distance, k-NN precision/recall),
+:mod:`.bootstrap` (intervals), :mod:`.inception` (torch-fidelity, offline weights), :mod:`.domain`
+(the from-scratch CXR classifier and its features, reused by the audit), :mod:`.utility` (TSTR vs
+TRTR), :mod:`.diversity` (MS-SSIM), :mod:`.pixel` (histograms, power spectra), :mod:`.plots`, and
+:mod:`.runner` (``cxrsynth evaluate``; documents every key of ``fidelity.json``).
+"""
+
+from cxrsynth.evaluate.runner import EvaluateOptions, evaluate_run
+
+__all__ = ["EvaluateOptions", "evaluate_run"]

@@ -1,0 +1,764 @@
+"""``cxrsynth evaluate``: measure a run's synthetic images against real ones; write ``RUN/eval/fidelity.json``.
+
+The runner resolves the run's paths (prepared data from ``RUN/config.yaml`` or ``--data``; samples
+from ``RUN/samples`` or ``--samples``, generated with the fast default sampler when missing), then
+calls the metric modules — which all take plain uint8 image arrays and label matrices — and writes
+the report, the plots and the table.
+
+Image sets
+----------
+* **reference** — every image of the ``--reference`` split (``test`` by default, or ``member``);
+* **synthetic** — the samples (the first ``--num-samples`` by manifest index, or all of them);
+* **real baseline** — real images no model trained on: the ``holdout`` split (the generator's own
+  patient pool, never trained on), or when it is empty the other of ``member``/``test``; a seeded
+  random subset of the synthetic set's size (or all when the split is smaller). Every "real
+  baseline" value is the same metric computed with the real baseline in place of the synthetic
+  images: what "as good as real" looks like at this N. (``member`` is avoided because it is the
+  domain classifier's training data: its features are in-sample.)
+
+``fidelity.json`` (format 1) — every key is always present; a metric that was not computed is
+``null`` and its ``*_skipped`` key says why — ``"not requested (--metrics)"`` for a group left out
+of ``--metrics`` (otherwise ``*_skipped`` is ``null``)
+--------------------------------------------------------------------------------------------------
+Inception space (torch-fidelity ``inception-v3-compat``, 2048-d pool features; real and synthetic
+images both uint8, grayscale repeated to 3 channels):
+
+* ``fid`` (float|null) — Fréchet Inception Distance, synthetic vs reference.
+* ``fid_skipped`` (str|null) — why FID is null (e.g. no Inception weights, with how to provide them).
+* ``kid`` (float|null) — Kernel Inception Distance, mean over subsets (subset size min(1000, N)).
+* ``kid_std`` (float|null) — its standard deviation over subsets.
+* ``kid_skipped`` (str|null).
+* ``precision`` / ``recall`` (float|null) — Inception-space improved precision/recall (k=3):
+  fraction of synthetic images inside the real manifold / of real images inside the synthetic one.
+* ``precision_skipped`` / ``recall_skipped`` (str|null).
+* ``inception`` (object|null) — ``weights`` (path), ``source`` (option|cache|download),
+  ``sha256``, ``standard_weights`` (bool: the published FID weights), ``kid_subset_size``;
+  null when no weights were used.
+
+Sample sizes:
+
+* ``n_real`` (int) — reference images used by every reference-vs-synthetic metric.
+* ``n_synthetic`` (int) — synthetic images used.
+* ``n_real_baseline`` (int) — real-baseline images; ``baseline_split`` (str) — their split.
+
+Domain classifier space (:mod:`cxrsynth.evaluate.domain`, 128-d penultimate features):
+
+* ``fd_domain`` (float|null) — Fréchet distance, synthetic vs reference.
+* ``fd_domain_ci`` ([low, high]|null) — 95% percentile bootstrap interval of ``fd_domain``.
+* ``fd_domain_real_baseline`` (float|null) — Fréchet distance, real baseline vs reference.
+* ``precision_domain`` / ``recall_domain`` (float|null) — k-NN precision/recall (k=3), synthetic vs reference.
+* ``precision_domain_real_baseline`` / ``recall_domain_real_baseline`` (float|null) — the same for the real baseline.
+* ``domain_skipped`` (str|null).
+* ``domain_classifier`` (object|null) — ``path`` (cache folder), ``task`` (findings|rotation),
+  ``label_names``, ``feature_dim``, ``steps``, ``batch_size``, ``seed``, ``reused`` (bool: loaded
+  from the cache), ``n_train``, ``training_seconds``.
+
+Downstream utility (:mod:`cxrsynth.evaluate.utility`; conditional runs only):
+
+* ``utility`` (object|null) — ``tstr_auroc``, ``trtr_auroc`` (macro AUROC on real ``test``),
+  ``tstr_auroc_ci``, ``trtr_auroc_ci``, ``ratio`` (TSTR/TRTR), ``ratio_ci``, ``per_finding``
+  (list of ``finding``, ``n_positive_test``, ``n_positive_synthetic``, ``tstr_auroc``,
+  ``tstr_auroc_ci``, ``trtr_auroc``, ``trtr_auroc_ci``), ``macro_over`` (findings averaged),
+  ``n_train_synthetic``, ``n_train_real``, ``n_test``, ``classifier`` (steps, batch_size, seed),
+  ``tstr_training_seconds``.
+* ``utility_skipped`` (str|null) — e.g. unconditional run, or data without finding labels.
+
+Diversity (:mod:`cxrsynth.evaluate.diversity`):
+
+* ``diversity`` (object|null) — ``ms_ssim_synthetic`` (mean MS-SSIM over random synthetic
+  pairs), ``ms_ssim_real`` (same over reference pairs; higher synthetic ⇒ less diverse),
+  ``n_pairs``, ``kernel_size``, ``scales``.
+* ``diversity_skipped`` (str|null).
+
+Pixel statistics (:mod:`cxrsynth.evaluate.pixel`):
+
+* ``pixel`` (object|null) — ``histogram_wasserstein`` (gray levels, synthetic vs reference),
+  ``histogram_wasserstein_real_baseline``, ``power_spectrum_distance`` (RMS log10 difference of
+  radial power spectra, decades), ``power_spectrum_distance_real_baseline``.
+* ``pixel_skipped`` (str|null).
+
+Context:
+
+* ``reference`` (str) — ``test`` or ``member``. ``seed`` (int) — seed of every random choice.
+* ``warnings`` (list of str) — e.g. N < 10,000 (FID is biased at small N), non-standard
+  Inception weights, resized samples, the rotation proxy task.
+* ``metrics`` (list of str) — metric groups requested. ``format`` (int) — 1.
+* ``data`` (str), ``samples`` (str) — folders used. ``image_size`` (int) — reference image side.
+* ``plots`` (object) — plot name → file name under ``RUN/eval/`` (``pixel_stats``,
+  ``domain_features``, ``utility_auroc``; only those drawn).
+* ``seconds`` (object) — wall-clock seconds per metric group.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from cxrsynth.data.prepared import PreparedData, load_prepared
+from cxrsynth.errors import CxrsynthError
+from cxrsynth.evaluate import diversity, frechet, inception, pixel, plots
+from cxrsynth.evaluate.bootstrap import bootstrap_frechet_interval
+from cxrsynth.evaluate.domain import DEFAULT_STEPS, DOMAIN_FOLDER, DomainClassifier, domain_classifier_for_run
+from cxrsynth.evaluate.utility import UtilityInputs, evaluate_utility, label_matrix_from_texts
+from cxrsynth.fsutil import atomic_write_json
+
+METRIC_GROUPS: tuple[str, ...] = ("fid", "kid", "prc", "domain", "utility", "diversity", "pixel")
+"""Names accepted by ``--metrics`` (``prc`` = Inception precision and recall)."""
+
+REFERENCES: tuple[str, ...] = ("test", "member")
+EVAL_FOLDER = "eval"
+FIDELITY_FILE = "fidelity.json"
+REPORT_FORMAT = 1
+FID_RELIABLE_N = 10_000
+"""Below this many images per side FID is noticeably biased upwards (Chong & Forsyth, 2020)."""
+
+DEFAULT_GENERATED = 1000
+"""Samples generated when none exist and ``--num-samples`` is not given (capped at the reference size)."""
+
+MANIFEST_FILE = "manifest.csv"
+"""The sample stage's manifest (columns file, index, seed, sampler, steps, label, guidance)."""
+
+FAST_SAMPLER, FAST_STEPS = "dpmsolver", 25
+"""The sampler used when evaluate must generate samples itself."""
+
+INCEPTION_KEYS = {"fid": ("fid",), "kid": ("kid", "kid_std"), "prc": ("precision", "recall")}
+DOMAIN_KEYS = (
+    "fd_domain", "fd_domain_ci", "fd_domain_real_baseline", "precision_domain", "recall_domain",
+    "precision_domain_real_baseline", "recall_domain_real_baseline",
+)
+
+NOT_REQUESTED = "not requested (--metrics)"
+"""The ``*_skipped`` reason of a metric group left out of ``--metrics``."""
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass
+class EvaluateOptions:
+    """Options of :func:`evaluate_run` (the ``cxrsynth evaluate`` options).
+
+    Attributes:
+        samples: samples folder (default ``RUN/samples``).
+        reference: real split compared with: ``test`` or ``member``.
+        num_samples: synthetic images to use (and to generate when fewer exist); None: all present.
+        inception_weights: local Inception weights file.
+        download_inception: allow downloading the Inception weights when not found locally.
+        metrics: metric groups (:data:`METRIC_GROUPS`).
+        seed: seed of every random choice (classifier, subsets, pairs, bootstrap, KID subsets).
+        data: prepared-data folder overriding the one in ``RUN/config.yaml``.
+        classifier_steps: training steps of the domain (and TSTR) classifier.
+        bootstrap_resamples: resamples of every bootstrap interval.
+        progress: show progress bars.
+    """
+
+    samples: Path | None = None
+    reference: str = "test"
+    num_samples: int | None = None
+    inception_weights: Path | None = None
+    download_inception: bool = False
+    metrics: tuple[str, ...] = METRIC_GROUPS
+    seed: int = 0
+    data: Path | None = None
+    classifier_steps: int = DEFAULT_STEPS
+    bootstrap_resamples: int = 200
+    progress: bool = False
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """Parse ``--metrics fid,kid,...`` into known group names (order of :data:`METRIC_GROUPS`).
+
+    Raises:
+        CxrsynthError: for an unknown or empty list.
+    """
+    names = {name.strip().lower() for name in text.split(",") if name.strip()}
+    unknown = sorted(names - set(METRIC_GROUPS))
+    if unknown or not names:
+        raise CxrsynthError(
+            f"invalid --metrics {text!r}" + (f" (unknown: {', '.join(unknown)})" if unknown else ""),
+            f"use a comma-separated subset of {','.join(METRIC_GROUPS)}",
+        )
+    return tuple(name for name in METRIC_GROUPS if name in names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving the run's inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def run_data_path(run_dir: Path) -> Path:
+    """The prepared-data folder recorded in ``RUN/config.yaml`` (``train.data``).
+
+    A relative path is taken as given (relative to the working directory, as ``cxrsynth train``
+    received it), falling back to relative-to-the-run-folder's parent when that does not exist.
+
+    Raises:
+        CxrsynthError: when the config is missing or unreadable.
+    """
+    from cxrsynth.config import load_run_config
+
+    config, _ = load_run_config(run_dir)
+    path = Path(config.data).expanduser()
+    if not path.is_absolute() and not path.exists() and (run_dir.parent / path).exists():
+        return run_dir.parent / path
+    return path
+
+
+def load_run_data(run_dir: Path, override: Path | None) -> PreparedData:
+    """Open the run's prepared data (``override`` when given). Raises CxrsynthError naming the fix."""
+    path = override if override is not None else run_data_path(run_dir)
+    try:
+        return load_prepared(path)
+    except CxrsynthError as exc:
+        raise CxrsynthError(exc.problem, f"{exc.fix}; or pass --data DATA to evaluate against another folder") from None
+
+
+@dataclass(frozen=True)
+class SyntheticSet:
+    """Synthetic images read from a samples folder.
+
+    Attributes:
+        images: uint8 N×S×S.
+        labels: label-set text of each image from the manifest (conditional runs), else None.
+        folder: where they came from.
+    """
+
+    images: np.ndarray
+    labels: list[str] | None
+    folder: Path
+
+
+def _manifest_rows(folder: Path) -> list[dict[str, str]] | None:
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and not {"file", "index"} <= set(rows[0]):
+        raise CxrsynthError(f"{path} lacks the 'file' and 'index' columns", "regenerate it with `cxrsynth sample`")
+    return sorted(rows, key=lambda row: int(row["index"]))
+
+
+def _read_image(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise CxrsynthError(f"sample file {path} listed in the manifest is missing", "re-run `cxrsynth sample` into that folder")
+    if path.suffix.lower() == ".dcm":
+        import pydicom
+
+        pixels = pydicom.dcmread(path).pixel_array
+    else:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("L"))
+    if pixels.dtype != np.uint8 or pixels.ndim != 2:
+        raise CxrsynthError(f"{path} is not an 8-bit grayscale image ({pixels.dtype}, shape {pixels.shape})")
+    return pixels
+
+
+def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.LANCZOS))
+
+
+def read_samples(folder: Path, limit: int | None, size: int, warnings: list[str]) -> SyntheticSet:
+    """Read the samples of ``folder`` (manifest order; or all PNGs when there is no manifest).
+
+    Images of another size than ``size`` are resized (Lanczos) and a warning is added.
+
+    Raises:
+        CxrsynthError: when the folder holds no images, a listed file is missing or unreadable,
+            or the samples differ in size from each other.
+    """
+    rows = _manifest_rows(folder)
+    if rows is not None:
+        files = [folder / row["file"] for row in rows]
+        labels: list[str] | None = [row.get("label") or "" for row in rows]
+    else:
+        files = sorted(folder.glob("*.png")) if folder.is_dir() else []
+        labels = None
+    if limit is not None:
+        files, labels = files[:limit], (labels[:limit] if labels is not None else None)
+    if not files:
+        raise CxrsynthError(f"no synthetic images in {folder}", "run `cxrsynth sample --run RUN` or pass --samples DIR")
+    images = [_read_image(path) for path in files]
+    shapes = {image.shape for image in images}
+    if len(shapes) != 1:
+        raise CxrsynthError(f"samples in {folder} have different sizes {sorted(shapes)}", "regenerate them in one run")
+    shape = shapes.pop()
+    if shape != (size, size):
+        warnings.append(f"synthetic images are {shape[0]}×{shape[1]}, resized (Lanczos) to the data's {size}×{size}")
+        images = [_resize(image, size) for image in images]
+    if labels is not None and not all(text.strip() for text in labels):
+        labels = None  # unconditional samples: the manifest's label column is empty
+    return SyntheticSet(images=np.stack(images), labels=labels, folder=folder)
+
+
+def _existing_count(folder: Path) -> int:
+    """Samples present: manifest rows, or PNG files when a folder has no manifest."""
+    rows = _manifest_rows(folder)
+    if rows is not None:
+        return len(rows)
+    return len(list(folder.glob("*.png"))) if folder.is_dir() else 0
+
+
+def ensure_samples(run_dir: Path, folder: Path, wanted: int, seed: int, progress: bool, log: Log) -> None:
+    """Generate samples ``0..wanted-1`` into ``folder`` with the sample stage when fewer exist.
+
+    A folder already holding samples is continued with the settings recorded in its
+    ``sample_settings.json``; a new one gets the fast default (DPM-Solver++, 25 steps, ``seed``).
+
+    Raises:
+        CxrsynthError: when the run has no trained model to sample from.
+    """
+    try:
+        from cxrsynth.sample import SETTINGS_FILE, generate_samples
+    except ModuleNotFoundError:  # the sample stage is not installed in this build
+        raise CxrsynthError(
+            f"{folder} holds fewer than {wanted} samples and this cxrsynth cannot generate them",
+            f"run `cxrsynth sample --run {run_dir} --num-images {wanted}` first",
+        ) from None
+    settings_path = folder / SETTINGS_FILE
+    settings = json.loads(settings_path.read_text()) if settings_path.is_file() else None
+    kwargs: dict = {"sampler": FAST_SAMPLER, "steps": FAST_STEPS, "seed": seed, "image_format": "png"}
+    if settings is not None:
+        kwargs = {
+            "sampler": settings["sampler"], "steps": int(settings["steps"]), "seed": int(settings["seed"]),
+            "image_format": settings["format"],
+        }
+        description = str(settings.get("labels", "unconditional"))
+        if description.startswith("label:"):
+            kwargs["label"] = description[len("label:"):]
+        elif description != "unconditional":
+            kwargs["label_mix"] = description
+        if description != "unconditional":
+            kwargs["guidance_scale"] = float(settings["guidance"])
+    log(f"generating {wanted} samples into {folder} ({kwargs['sampler']}, {kwargs['steps']} steps)")
+    generate_samples(run_dir, wanted, out=folder, progress=progress, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metric groups
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageSets:
+    """The three image sets every metric compares (see the module docstring)."""
+
+    reference: np.ndarray
+    reference_labels: np.ndarray
+    synthetic: np.ndarray
+    synthetic_labels: list[str] | None
+    baseline: np.ndarray
+    baseline_split: str
+
+
+def baseline_split_for(data: PreparedData, reference: str) -> str:
+    """The real split the baseline is drawn from: ``holdout`` when it has images, else the other split.
+
+    ``holdout`` is real data from the generator's own patient pool that neither the generator nor
+    the domain classifier ever trained on — exactly what a perfectly generalising generator would
+    produce. ``member`` images are the domain classifier's training images: their features are
+    in-sample and sit measurably apart from unseen images' (see :mod:`cxrsynth.evaluate.domain`),
+    which would make the baseline look worse than real data really is.
+    """
+    if len(data.rows("holdout")) >= 2:
+        return "holdout"
+    return "member" if reference == "test" else "test"
+
+
+def select_image_sets(data: PreparedData, synthetic: SyntheticSet, reference: str, seed: int) -> ImageSets:
+    """Load the reference split and a seeded real-baseline subset of the other split.
+
+    Raises:
+        CxrsynthError: for an unknown reference name or an empty split.
+    """
+    if reference not in REFERENCES:
+        raise CxrsynthError(f"invalid --reference {reference!r}", f"use one of {', '.join(REFERENCES)}")
+    baseline_split = baseline_split_for(data, reference)
+    reference_rows = np.sort(data.rows(reference))
+    baseline_rows = np.sort(data.rows(baseline_split))
+    for split, rows in ((reference, reference_rows), (baseline_split, baseline_rows)):
+        if len(rows) < 2:
+            raise CxrsynthError(f"the {split} split of {data.root} has {len(rows)} image(s); evaluation needs at least 2")
+    rng = np.random.default_rng([seed, 7])
+    if len(baseline_rows) > len(synthetic.images):
+        baseline_rows = np.sort(rng.choice(baseline_rows, size=len(synthetic.images), replace=False))
+    return ImageSets(
+        reference=np.asarray(data.images[reference_rows]),
+        reference_labels=data.label_matrix(reference_rows),
+        synthetic=synthetic.images,
+        synthetic_labels=synthetic.labels,
+        baseline=np.asarray(data.images[baseline_rows]),
+        baseline_split=baseline_split,
+    )
+
+
+def inception_group(sets: ImageSets, options: EvaluateOptions, wanted: tuple[str, ...], report: dict, log: Log) -> None:
+    """Fill ``fid``/``kid``/``precision``/``recall`` (or their ``*_skipped`` reasons) in ``report``."""
+    weights = inception.resolve_inception_weights(options.inception_weights, options.download_inception)
+    if weights.path is None:
+        for group in wanted:
+            for key in INCEPTION_KEYS[group]:
+                if not key.endswith("_std"):
+                    report[f"{key}_skipped"] = weights.skip_reason
+        report["warnings"].append("FID/KID/precision/recall skipped: no Inception weights (see fid_skipped)")
+        return
+    sha256 = inception.check_weights_file(weights.path)
+    standard = sha256 == inception.STANDARD_WEIGHTS_SHA256
+    if not standard:
+        report["warnings"].append(
+            f"Inception weights {weights.path} are not the standard torch-fidelity file (sha256 {sha256[:12]}… ≠ "
+            f"{inception.STANDARD_WEIGHTS_SHA256[:12]}…): FID/KID do not compare with published values"
+        )
+    log(f"Inception features ({len(sets.reference)} real + {len(sets.synthetic)} synthetic images)")
+    try:
+        values = inception.inception_metrics(
+            sets.reference, sets.synthetic, weights.path, metrics=wanted, seed=options.seed, progress=options.progress
+        )
+    except CxrsynthError as exc:
+        for group in wanted:
+            for key in INCEPTION_KEYS[group]:
+                if not key.endswith("_std"):
+                    report[f"{key}_skipped"] = exc.problem
+        report["warnings"].append(f"FID/KID/precision/recall skipped: {exc.problem}")
+        return
+    for key in ("fid", "kid", "kid_std", "precision", "recall"):
+        if key in values:
+            report[key] = values[key]
+    report["inception"] = {
+        "weights": str(weights.path), "source": weights.source, "sha256": sha256, "standard_weights": standard,
+        "kid_subset_size": values.get("kid_subset_size"),
+    }
+
+
+def domain_group(sets: ImageSets, classifier: DomainClassifier, options: EvaluateOptions, report: dict) -> dict:
+    """Fill the ``*_domain`` keys; returns the feature sets (for the projection plot)."""
+    features = {
+        "reference": classifier.features(sets.reference),
+        "synthetic": classifier.features(sets.synthetic),
+        "baseline": classifier.features(sets.baseline),
+    }
+    report["fd_domain"] = frechet.frechet_distance(features["reference"], features["synthetic"])
+    report["fd_domain_ci"] = bootstrap_frechet_interval(
+        features["reference"], features["synthetic"], resamples=options.bootstrap_resamples, seed=options.seed
+    )
+    report["fd_domain_real_baseline"] = frechet.frechet_distance(features["reference"], features["baseline"])
+    synthetic_pr = frechet.knn_precision_recall(features["reference"], features["synthetic"])
+    baseline_pr = frechet.knn_precision_recall(features["reference"], features["baseline"])
+    report["precision_domain"], report["recall_domain"] = synthetic_pr.precision, synthetic_pr.recall
+    report["precision_domain_real_baseline"] = baseline_pr.precision
+    report["recall_domain_real_baseline"] = baseline_pr.recall
+    return features
+
+
+def utility_group(sets: ImageSets, classifier: DomainClassifier, options: EvaluateOptions, data: PreparedData, report: dict) -> None:
+    """Fill ``utility`` or ``utility_skipped``."""
+    if sets.synthetic_labels is None:
+        report["utility_skipped"] = (
+            "unconditional run: the synthetic images carry no labels to train a classifier on "
+            "(train with --conditional to measure downstream utility)"
+        )
+        return
+    if classifier.config.task != "findings":
+        report["utility_skipped"] = "the prepared data has no finding labels, so there is nothing to classify"
+        return
+    test_rows = np.sort(data.rows("test"))
+    inputs = UtilityInputs(
+        synthetic_images=sets.synthetic,
+        synthetic_labels=label_matrix_from_texts(sets.synthetic_labels, classifier.config.label_names),
+        test_images=np.asarray(data.images[test_rows]),
+        test_labels=data.label_matrix(test_rows),
+    )
+    report["utility"] = evaluate_utility(
+        classifier, inputs, seed=options.seed, resamples=options.bootstrap_resamples, progress=options.progress
+    )
+    unscored = [row["finding"] for row in report["utility"]["per_finding"] if row["tstr_auroc"] is None]
+    if unscored:
+        report["warnings"].append(f"no AUROC for {', '.join(unscored)}: the test split has only one class")
+
+
+def diversity_group(sets: ImageSets, options: EvaluateOptions, report: dict) -> None:
+    """Fill ``diversity``."""
+    n_pairs = min(diversity.DEFAULT_PAIRS, len(sets.synthetic) * (len(sets.synthetic) - 1) // 2)
+    synthetic_mean, used = diversity.mean_pairwise_ms_ssim(sets.synthetic, n_pairs, seed=options.seed)
+    real_mean, _ = diversity.mean_pairwise_ms_ssim(sets.reference, n_pairs, seed=options.seed)
+    settings = diversity.ms_ssim_settings(sets.synthetic.shape[-1])
+    report["diversity"] = {
+        "ms_ssim_synthetic": synthetic_mean,
+        "ms_ssim_real": real_mean,
+        "n_pairs": used,
+        "kernel_size": settings.kernel_size,
+        "scales": settings.scales,
+    }
+
+
+def pixel_group(sets: ImageSets, report: dict) -> None:
+    """Fill ``pixel``."""
+    report["pixel"] = {
+        "histogram_wasserstein": pixel.histogram_wasserstein(sets.reference, sets.synthetic),
+        "histogram_wasserstein_real_baseline": pixel.histogram_wasserstein(sets.reference, sets.baseline),
+        "power_spectrum_distance": pixel.power_spectrum_distance(sets.reference, sets.synthetic),
+        "power_spectrum_distance_real_baseline": pixel.power_spectrum_distance(sets.reference, sets.baseline),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Assembling the report
+# ---------------------------------------------------------------------------------------------
+
+
+def empty_report(metrics: tuple[str, ...], reference: str, seed: int) -> dict:
+    """A report with every documented key, all metrics null, skip reasons for groups not requested."""
+    report: dict = {
+        "format": REPORT_FORMAT, "reference": reference, "seed": seed, "metrics": list(metrics), "warnings": [],
+        "fid": None, "kid": None, "kid_std": None, "precision": None, "recall": None, "inception": None,
+        "n_real": 0, "n_synthetic": 0, "n_real_baseline": 0, "baseline_split": None,
+        "domain_classifier": None, "utility": None, "diversity": None, "pixel": None,
+        "data": None, "samples": None, "image_size": None, "plots": {}, "seconds": {},
+    }
+    report.update({key: None for key in DOMAIN_KEYS})
+    not_requested = NOT_REQUESTED
+    for group, keys in INCEPTION_KEYS.items():
+        for key in keys:
+            if not key.endswith("_std"):
+                report[f"{key}_skipped"] = None if group in metrics else not_requested
+    for group in ("domain", "utility", "diversity", "pixel"):
+        report[f"{group}_skipped"] = None if group in metrics else not_requested
+    return report
+
+
+REPORT_KEYS: tuple[str, ...] = tuple(empty_report(METRIC_GROUPS, "test", 0))
+"""Every top-level key of ``fidelity.json`` (all documented in this module's docstring)."""
+
+
+def _timed(report: dict, group: str, fn: Callable[[], object]) -> object:
+    started = time.perf_counter()
+    try:
+        return fn()
+    finally:
+        report["seconds"][group] = round(time.perf_counter() - started, 2)
+
+
+def _skip_on_error(report: dict, group: str, fn: Callable[[], object]) -> object:
+    """Run one metric group; a data problem (CxrsynthError) skips that group with its reason."""
+    try:
+        return _timed(report, group, fn)
+    except CxrsynthError as exc:
+        report[f"{group}_skipped"] = exc.problem
+        report["warnings"].append(f"{group} skipped: {exc.problem}")
+        return None
+
+
+def compute_report(
+    data: PreparedData,
+    synthetic: SyntheticSet,
+    options: EvaluateOptions,
+    classifier_root: Path,
+    eval_dir: Path,
+    warnings: list[str] | None = None,
+    log: Log = _quiet,
+) -> dict:
+    """Compute every requested metric group and draw the plots; returns the ``fidelity.json`` object.
+
+    Args:
+        data: the prepared data (reference, baseline and test splits).
+        synthetic: the synthetic images (and labels) to evaluate.
+        options: the evaluation options.
+        classifier_root: folder whose ``eval/domain_classifier`` caches the domain classifier
+            (the run folder).
+        eval_dir: where plots are written.
+        warnings: warnings gathered before (e.g. while reading samples).
+        log: receives one line per stage.
+
+    Raises:
+        CxrsynthError: for unusable inputs (unknown reference, empty splits, bad Inception weights).
+    """
+    metrics = options.metrics
+    report = empty_report(metrics, options.reference, options.seed)
+    report["warnings"].extend(warnings or [])
+    sets = select_image_sets(data, synthetic, options.reference, options.seed)
+    report.update(
+        n_real=int(len(sets.reference)), n_synthetic=int(len(sets.synthetic)), n_real_baseline=int(len(sets.baseline)),
+        baseline_split=sets.baseline_split, data=str(data.root), samples=str(synthetic.folder), image_size=data.size,
+    )
+    smallest = min(len(sets.reference), len(sets.synthetic))
+    if smallest < FID_RELIABLE_N:
+        report["warnings"].append(
+            f"N = {len(sets.reference)} real / {len(sets.synthetic)} synthetic < {FID_RELIABLE_N:,}: FID (and Fréchet "
+            "distances generally) are biased upwards at small N; compare only values computed with the same N"
+        )
+    inception_wanted = tuple(group for group in ("fid", "kid", "prc") if group in metrics)
+    if inception_wanted:
+        _timed(report, "inception", lambda: inception_group(sets, options, inception_wanted, report, log))
+
+    classifier = None
+    if "domain" in metrics or "utility" in metrics:
+        log("domain classifier (trained on member images, cached in the run folder)")
+        classifier, reused = _timed(
+            report, "domain_classifier",
+            lambda: domain_classifier_for_run(
+                classifier_root, data, seed=options.seed, steps=options.classifier_steps, progress=options.progress
+            ),
+        )
+        report["domain_classifier"] = {
+            "path": str(Path(classifier_root) / DOMAIN_FOLDER), "task": classifier.config.task,
+            "label_names": list(classifier.config.label_names), "feature_dim": classifier.feature_dim,
+            "steps": classifier.config.steps, "batch_size": classifier.config.batch_size, "seed": classifier.config.seed,
+            "reused": reused, "n_train": classifier.info.get("n_train"), "training_seconds": classifier.info.get("seconds"),
+        }
+        if classifier.config.task == "rotation":
+            report["warnings"].append(
+                "the data has no finding labels: the domain classifier was trained on the rotation proxy task"
+            )
+    if "domain" in metrics:
+        log("domain features: Fréchet distance and k-NN precision/recall")
+        features = _skip_on_error(report, "domain", lambda: domain_group(sets, classifier, options, report))
+        if features is not None:
+            report["plots"]["domain_features"] = plots.plot_feature_projection(
+                [plots.NamedSet(options.reference, features["reference"]), plots.NamedSet("synthetic", features["synthetic"]),
+                 plots.NamedSet(f"{sets.baseline_split} (real baseline)", features["baseline"])],
+                eval_dir / "domain_features.png",
+            ).name
+    if "utility" in metrics:
+        log("utility: TSTR vs TRTR classifiers, AUROC on real test images")
+        _skip_on_error(report, "utility", lambda: utility_group(sets, classifier, options, data, report))
+        if report["utility"] is not None:
+            report["plots"]["utility_auroc"] = plots.plot_utility(report["utility"], eval_dir / "utility_auroc.png").name
+    if "diversity" in metrics:
+        log("diversity: MS-SSIM over random pairs")
+        _skip_on_error(report, "diversity", lambda: diversity_group(sets, options, report))
+    if "pixel" in metrics:
+        log("pixel statistics: intensity histograms and power spectra")
+        _skip_on_error(report, "pixel", lambda: pixel_group(sets, report))
+        if report["pixel"] is not None:
+            report["plots"]["pixel_stats"] = plots.plot_pixel_statistics(
+                [plots.NamedSet(options.reference, sets.reference), plots.NamedSet("synthetic", sets.synthetic),
+                 plots.NamedSet(f"{sets.baseline_split} (real baseline)", sets.baseline)],
+                eval_dir / "pixel_stats.png",
+            ).name
+    return report
+
+
+def evaluate_run(run_dir: str | Path, options: EvaluateOptions | None = None, log: Log = _quiet) -> dict:
+    """Evaluate a run's synthetic images; write ``RUN/eval/fidelity.json`` and plots; return the report.
+
+    Args:
+        run_dir: the run folder (``config.yaml`` names its data unless ``options.data`` is set).
+        options: the evaluation options (defaults: all metrics against ``test``, seed 0).
+        log: receives one line per stage.
+
+    Returns:
+        The report (the content of ``fidelity.json``, documented in this module's docstring).
+
+    Raises:
+        CxrsynthError: for a missing run/data/samples folder, bad options or unusable inputs.
+    """
+    options = options or EvaluateOptions()
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise CxrsynthError(f"run folder {run} does not exist", "point --run to a folder written by `cxrsynth train`")
+    if options.num_samples is not None and options.num_samples < 2:
+        raise CxrsynthError(f"--num-samples must be >= 2, got {options.num_samples}")
+    data = load_run_data(run, options.data)
+    if options.reference not in REFERENCES:
+        raise CxrsynthError(f"invalid --reference {options.reference!r}", f"use one of {', '.join(REFERENCES)}")
+    samples_dir = Path(options.samples) if options.samples is not None else run / "samples"
+    existing = _existing_count(samples_dir)
+    wanted = options.num_samples
+    if wanted is None and existing == 0:
+        wanted = min(DEFAULT_GENERATED, len(data.rows(options.reference)))
+    if wanted is not None and existing < wanted:
+        ensure_samples(run, samples_dir, wanted, options.seed, options.progress, log)
+    warnings: list[str] = []
+    synthetic = read_samples(samples_dir, wanted, data.size, warnings)
+    eval_dir = run / EVAL_FOLDER
+    report = compute_report(data, synthetic, options, run, eval_dir, warnings, log)
+    atomic_write_json(eval_dir / FIDELITY_FILE, report)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------------
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}g}"
+
+
+def _interval(interval: list[float] | None) -> str:
+    return "" if not interval else f" [{interval[0]:.3g}, {interval[1]:.3g}]"
+
+
+def _skipped(report: dict, key: str) -> bool:
+    """True when ``key``'s metric was requested but could not be computed."""
+    reason = report.get(f"{key}_skipped")
+    return bool(reason) and reason != NOT_REQUESTED
+
+
+def table_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """Rows (metric, value, real baseline, N) of the summary table (groups not requested are left out)."""
+    n_pair = f"{report['n_real']} / {report['n_synthetic']}"
+    base = f" ({report['baseline_split']}, N={report['n_real_baseline']})"
+    rows = []
+    for key, label in (("fid", "FID (Inception)"), ("kid", "KID (Inception)"), ("precision", "precision (Inception)"),
+                       ("recall", "recall (Inception)")):
+        if report[key] is None and not _skipped(report, key):
+            continue
+        if report[key] is not None:
+            value = _number(report[key]) + (f" ± {report['kid_std']:.2g}" if key == "kid" else "")
+        else:
+            value = "skipped" if report.get(f"{key}_skipped") else "—"
+        rows.append((label, value, "—", n_pair))
+    if report["fd_domain"] is not None:
+        rows.append(("FD (domain)", _number(report["fd_domain"]) + _interval(report["fd_domain_ci"]),
+                     _number(report["fd_domain_real_baseline"]) + base, n_pair))
+        rows.append(("precision (domain, k=3)", _number(report["precision_domain"], 3),
+                     _number(report["precision_domain_real_baseline"], 3) + base, n_pair))
+        rows.append(("recall (domain, k=3)", _number(report["recall_domain"], 3),
+                     _number(report["recall_domain_real_baseline"], 3) + base, n_pair))
+    elif _skipped(report, "domain"):
+        rows.append(("FD (domain)", "skipped", "—", n_pair))
+    utility = report["utility"]
+    if utility is not None:
+        rows.append(("AUROC macro: TSTR | TRTR", _number(utility["tstr_auroc"], 3) + _interval(utility["tstr_auroc_ci"]),
+                     _number(utility["trtr_auroc"], 3) + _interval(utility["trtr_auroc_ci"]),
+                     f"{utility['n_test']} test"))
+        rows.append(("utility ratio TSTR/TRTR", _number(utility["ratio"], 3) + _interval(utility["ratio_ci"]), "1",
+                     f"{utility['n_test']} test"))
+    elif _skipped(report, "utility"):
+        rows.append(("utility (TSTR/TRTR)", "skipped", "—", ""))
+    if report["diversity"] is not None:
+        div = report["diversity"]
+        rows.append(("MS-SSIM of pairs (lower = diverse)", _number(div["ms_ssim_synthetic"], 3),
+                     _number(div["ms_ssim_real"], 3) + f" ({report['reference']})", f"{div['n_pairs']} pairs"))
+    if report["pixel"] is not None:
+        pix = report["pixel"]
+        rows.append(("histogram W1 (gray levels)", _number(pix["histogram_wasserstein"], 3),
+                     _number(pix["histogram_wasserstein_real_baseline"], 3) + base, n_pair))
+        rows.append(("power spectrum dist. (decades)", _number(pix["power_spectrum_distance"], 3),
+                     _number(pix["power_spectrum_distance_real_baseline"], 3) + base, n_pair))
+    return rows
+
+
+def results_table(report: dict):
+    """A rich ``Table`` of :func:`table_rows` (metric, value, real baseline, N)."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"cxrsynth evaluate — reference: {report['reference']} (N real / N synthetic), seed {report['seed']}"
+    )
+    for column in ("metric", "value", "real baseline", "N"):
+        table.add_column(column)
+    for row in table_rows(report):
+        table.add_row(*row)
+    return table
