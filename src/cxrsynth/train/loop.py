@@ -1,0 +1,387 @@
+"""``train(config, run_dir)``: the DDPM training run, end to end, under Accelerate.
+
+Steps: validate the settings against the data → prepare the run folder (or check it on resume)
+→ build the parts (:mod:`cxrsynth.train.components`) → restore the newest checkpoint → loop over
+optimizer steps (:func:`optimisation_step`), logging, checkpointing and drawing progress grids on
+schedule → export ``pipeline/`` from the EMA weights.
+
+Only the main process writes files and shows the progress bar; every process runs the same loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from cxrsynth.config import (
+    CONFIG_FILE,
+    RunFacts,
+    TrainConfig,
+    load_run_config,
+    save_run_config,
+    trajectory_differences,
+)
+from cxrsynth.data.dataset import to_model_range
+from cxrsynth.data.prepared import PreparedData, load_prepared
+from cxrsynth.errors import CxrsynthError
+from cxrsynth.model.conditioning import LabelVocabulary
+from cxrsynth.model.presets import build_unet, check_preset_resolution, get_preset
+from cxrsynth.train.checkpoint import (
+    CHECKPOINTS_DIR,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from cxrsynth.train.components import (
+    TrainingParts,
+    build_ema,
+    build_lr_scheduler,
+    build_noise_scheduler,
+    build_optimizer,
+    ema_unet,
+    make_accelerator,
+    make_noise_generator,
+)
+from cxrsynth.train.data_stream import MemberImageStream
+from cxrsynth.train.export import PIPELINE_DIR, export_pipeline, write_progress_grid
+from cxrsynth.train.objective import draw_diffusion_noise, drop_labels, per_example_denoising_loss
+from cxrsynth.train.run_log import TrainLog
+
+TRAIN_SPLIT = "member"
+
+
+def _package_versions() -> dict[str, str]:
+    found = {}
+    for name in ("cxrsynth", "torch", "diffusers", "accelerate"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "unknown"
+    return found
+
+
+def member_fingerprint(data: PreparedData) -> str:
+    """SHA-256 over the member images' ids and labels (in row order): identifies the training set."""
+    members = data.index.loc[data.index["split"] == TRAIN_SPLIT, ["image_id", "labels"]]
+    digest = hashlib.sha256()
+    for image_id, labels in members.itertuples(index=False):
+        digest.update(f"{image_id}\t{labels}\n".encode())
+    return digest.hexdigest()
+
+
+def total_steps(config: TrainConfig, member_images: int, global_batch_size: int) -> int:
+    """Optimizer steps of the run: ``max_steps``, or ``epochs`` passes over the members rounded up."""
+    if config.max_steps is not None:
+        return config.max_steps
+    return max(1, math.ceil(config.epochs * member_images / global_batch_size))
+
+
+def describe_run(config: TrainConfig, data: PreparedData, num_processes: int,
+                 vocabulary: LabelVocabulary | None, unet_parameters: int) -> RunFacts:
+    """The :class:`RunFacts` of ``config`` on ``data`` with ``num_processes`` processes."""
+    members = data.index.loc[data.index["split"] == TRAIN_SPLIT]
+    global_batch = config.batch_size * config.grad_accum * num_processes
+    return RunFacts(
+        image_size=data.size,
+        channels=1,
+        member_images=len(members),
+        member_patients=int(members["patient_id"].nunique()),
+        member_fingerprint=member_fingerprint(data),
+        label_sets=len(vocabulary.label_sets) if vocabulary is not None else 0,
+        num_processes=num_processes,
+        global_batch_size=global_batch,
+        total_steps=total_steps(config, len(members), global_batch),
+        unet_parameters=unet_parameters,
+        versions=_package_versions(),
+    )
+
+
+def check_resume_compatible(run_dir: Path, config: TrainConfig, facts: RunFacts) -> None:
+    """Refuse to continue a run with other data or other trajectory settings.
+
+    Raises:
+        CxrsynthError: naming what differs between ``RUN/config.yaml`` and this invocation.
+    """
+    saved_config, saved_facts = load_run_config(run_dir)
+    path = run_dir / CONFIG_FILE
+    if (saved_facts.image_size, saved_facts.channels) != (facts.image_size, facts.channels):
+        raise CxrsynthError(
+            f"{path}: the run was trained on {saved_facts.image_size}² images with {saved_facts.channels} "
+            f"channel(s), but --data {config.data} holds {facts.image_size}² images with {facts.channels}",
+            f"resume with the data the run was trained on ({saved_config.data}), or start a new --run",
+        )
+    if saved_facts.member_fingerprint != facts.member_fingerprint:
+        raise CxrsynthError(
+            f"{path}: the member split of --data {config.data} differs from the one the run was trained on "
+            f"({saved_facts.member_images} images then, {facts.member_images} now, or other ids/labels)",
+            f"resume with the data the run was trained on ({saved_config.data}), or start a new --run",
+        )
+    if saved_facts.num_processes != facts.num_processes:
+        raise CxrsynthError(
+            f"{path}: the run was trained with {saved_facts.num_processes} process(es), this one has "
+            f"{facts.num_processes}",
+            f"resume with accelerate launch --num_processes {saved_facts.num_processes}",
+        )
+    differences = trajectory_differences(saved_config, config)
+    if differences:
+        raise CxrsynthError(
+            f"{path}: --resume cannot change settings that shape the training: {'; '.join(differences)}",
+            "leave these options out (they are read from config.yaml) or start a new --run",
+        )
+
+
+def check_run_folder(run_dir: Path, config: TrainConfig, facts: RunFacts, resume: bool) -> None:
+    """Check that ``run_dir`` may receive this run (reads only).
+
+    Raises:
+        CxrsynthError: when a new run would overwrite an existing one, or a resumed run does not
+            match (see :func:`check_resume_compatible`).
+    """
+    existing = (run_dir / CONFIG_FILE).is_file()
+    if existing and not resume:
+        raise CxrsynthError(
+            f"{run_dir} already holds a training run",
+            "pass --resume to continue it, or choose a new --run folder",
+        )
+    if existing:
+        check_resume_compatible(run_dir, config, facts)
+    if not existing and (run_dir / CHECKPOINTS_DIR).is_dir():
+        raise CxrsynthError(f"{run_dir} has checkpoints but no {CONFIG_FILE}", "choose a new --run folder")
+
+
+def optimisation_step(parts: TrainingParts) -> torch.Tensor:
+    """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss (a 0-d tensor).
+
+    Micro-batch: images from the stream → [-1, 1] on the device, label dropout, noise and timestep
+    draws, per-example ε-MSE averaged; Accelerate scales for accumulation, syncs gradients on the
+    last micro-batch; then clipping, AdamW, LR schedule and EMA.
+    """
+    config, accelerator = parts.config, parts.accelerator
+    device = accelerator.device
+    total = torch.zeros((), device=device)
+    for _ in range(config.grad_accum):
+        batch = parts.stream.next_batch()
+        with accelerator.accumulate(parts.unet):
+            clean = to_model_range(batch.images.to(device, non_blocking=True))
+            labels = None
+            if batch.class_ids is not None:
+                labels = drop_labels(batch.class_ids.to(device), parts.vocabulary.null_class,
+                                     config.label_dropout, parts.noise_generator)
+            noise, timesteps = draw_diffusion_noise(clean, config.num_train_timesteps, parts.noise_generator)
+            loss = per_example_denoising_loss(parts.unet, parts.noise_scheduler, clean, noise, timesteps, labels).mean()
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(parts.unet.parameters(), config.max_grad_norm)
+                parts.optimizer.step()
+                parts.lr_scheduler.step()
+                parts.optimizer.zero_grad(set_to_none=True)
+        total += loss.detach()
+    if parts.ema is not None:
+        parts.ema.step(parts.base_unet.parameters())
+    parts.step += 1
+    return total / config.grad_accum
+
+
+def build_parts(config: TrainConfig, data: PreparedData, accelerator: Accelerator, vocabulary: LabelVocabulary | None) -> TrainingParts:
+    """Every object of the run, initialised from ``config.seed`` (before any checkpoint is loaded)."""
+    set_seed(config.seed, device_specific=True)
+    preset = get_preset(config.preset)
+    unet = build_unet(preset, data.size, vocabulary.num_class_embeds if vocabulary is not None else None)
+    # DDP broadcasts rank 0's initial weights, so per-process seeds above do not split the model.
+    optimizer = build_optimizer(config, unet.to(accelerator.device))
+    lr_scheduler = build_lr_scheduler(config, optimizer)
+    ema = build_ema(config, unet) if accelerator.is_main_process else None
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    member_rows = data.rows(TRAIN_SPLIT)
+    class_ids = None
+    if vocabulary is not None:
+        class_ids = vocabulary.encode(data.index["labels"].iloc[member_rows].tolist()).numpy()
+    stream = MemberImageStream(data.images, member_rows, class_ids, config.seed, config.batch_size,
+                               accelerator.process_index, accelerator.num_processes)
+    return TrainingParts(
+        config=config,
+        accelerator=accelerator,
+        unet=unet,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        ema=ema,
+        noise_scheduler=build_noise_scheduler(config),
+        stream=stream,
+        noise_generator=make_noise_generator(config.seed, accelerator.process_index, accelerator.device),
+        vocabulary=vocabulary,
+    )
+
+
+def _load_training_data(config: TrainConfig) -> tuple[PreparedData, LabelVocabulary | None]:
+    data = load_prepared(config.data)
+    member_rows = data.rows(TRAIN_SPLIT)
+    if len(member_rows) == 0:
+        raise CxrsynthError(f"{config.data} has no '{TRAIN_SPLIT}' images to train on",
+                            "prepare the data with a non-zero member fraction")
+    check_preset_resolution(get_preset(config.preset), data.size)
+    vocabulary = None
+    if config.conditional:
+        vocabulary = LabelVocabulary.from_labels(data.index["labels"].iloc[member_rows].tolist())
+    return data, vocabulary
+
+
+class _Window:
+    """Loss and throughput since the last log record (time spent on side work excluded)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.steps = 0
+        self.started = time.perf_counter()
+        self.excluded = 0.0
+
+    def seconds(self) -> float:
+        return max(time.perf_counter() - self.started - self.excluded, 1e-9)
+
+
+def _log_step(parts: TrainingParts, window: _Window, log: TrainLog | None, progress: tqdm) -> None:
+    accelerator = parts.accelerator
+    loss = accelerator.reduce(window.loss_sum, reduction="mean").item() / max(window.steps, 1)
+    if not math.isfinite(loss):
+        raise CxrsynthError(
+            f"the training loss became {loss} by step {parts.step}",
+            "resume from an earlier checkpoint with a lower --lr, a smaller --max-grad-norm, or "
+            "--mixed-precision no",
+        )
+    images = window.steps * parts.config.batch_size * parts.config.grad_accum * accelerator.num_processes
+    record = {
+        "step": parts.step,
+        "loss": loss,
+        "lr": parts.lr_scheduler.get_last_lr()[0],
+        "img_per_s": images / window.seconds(),
+        "epoch": parts.stream.epoch,
+    }
+    if accelerator.is_main_process:
+        log.append(record)
+        progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{record['img_per_s']:.1f}")
+    if parts.config.log_with:
+        accelerator.log({key: value for key, value in record.items() if key != "step"}, step=parts.step)
+    window.reset()
+
+
+def _side_work(parts: TrainingParts, run_dir: Path, total: int) -> None:
+    """Checkpoint and progress grid when due (every process calls it; files come from the main one)."""
+    config, accelerator, step = parts.config, parts.accelerator, parts.step
+    if step % config.checkpoint_every == 0 or step == total:
+        save_checkpoint(run_dir, parts)
+        if accelerator.is_main_process:
+            prune_checkpoints(run_dir, config.keep_checkpoints)
+    if config.progress_every and step % config.progress_every == 0:
+        if accelerator.is_main_process:
+            write_progress_grid(run_dir, step, ema_unet(parts), parts.noise_scheduler, config.progress_sampler,
+                                config.progress_steps, config.progress_images, config.seed, parts.vocabulary)
+        accelerator.wait_for_everyone()
+
+
+def _tracker_config(config: TrainConfig, facts: RunFacts) -> dict:
+    flat = {**vars(config), **{f"facts_{k}": v for k, v in vars(facts).items() if k != "versions"}}
+    return {key: value for key, value in flat.items() if isinstance(value, (int, float, str, bool))}
+
+
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> Path:
+    """Train a DDPM on the ``member`` split of ``config.data`` into the run folder ``run_dir``.
+
+    Works unchanged on CPU, one GPU, or several processes started by ``accelerate launch``.
+
+    Args:
+        config: the run's settings (see :class:`~cxrsynth.config.TrainConfig`).
+        run_dir: the run folder (``config.yaml``, ``train_log.jsonl``, ``checkpoints/``,
+            ``progress/``, ``pipeline/``).
+        resume: continue the run in ``run_dir`` from its newest checkpoint (a fresh start when it
+            has none yet). The result is bit-identical to an uninterrupted run on CPU.
+
+    Returns:
+        The ``pipeline/`` folder (a diffusers ``DDPMPipeline`` with the EMA weights).
+
+    Raises:
+        CxrsynthError: for invalid settings, unusable data, a preset that does not fit the data,
+            an existing run without ``resume``, a resumed run whose data or settings differ,
+            a corrupt or unsafe checkpoint, or a diverging loss.
+    """
+    config.validate()
+    run_dir = Path(run_dir)
+    data, vocabulary = _load_training_data(config)
+    accelerator = make_accelerator(config, str(run_dir))
+    try:
+        return _run(config, run_dir, resume, data, vocabulary, accelerator)
+    finally:
+        _release_accelerate_state(accelerator)
+
+
+def _release_accelerate_state(accelerator: Accelerator) -> None:
+    """Forget Accelerate's process-wide state after a single-process run.
+
+    Accelerate keeps its settings (mixed precision, accumulation) in singletons; without this a
+    second ``train()`` in the same Python process with other settings would be refused.
+    """
+    accelerator.end_training()
+    if accelerator.num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def _run(config: TrainConfig, run_dir: Path, resume: bool, data: PreparedData,
+         vocabulary: LabelVocabulary | None, accelerator: Accelerator) -> Path:
+    """The body of :func:`train` once the data is loaded and Accelerate is set up."""
+    parts = build_parts(config, data, accelerator, vocabulary)
+    facts = describe_run(config, data, accelerator.num_processes, vocabulary,
+                         sum(p.numel() for p in parts.base_unet.parameters()))
+    check_run_folder(run_dir, config, facts, resume)  # every process: all fail alike, none waits forever
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_run_config(run_dir, config, facts)
+        if vocabulary is not None:
+            vocabulary.save(run_dir)
+    accelerator.wait_for_everyone()
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        for warning in load_checkpoint(checkpoint, parts):
+            accelerator.print(f"warning: {warning}")
+        accelerator.print(f"resuming {run_dir} from {checkpoint.name}")
+    elif resume:
+        accelerator.print(f"{run_dir} has no checkpoint yet: starting from step 0")
+    log = TrainLog(run_dir) if accelerator.is_main_process else None
+    if log is not None:
+        log.truncate_after(parts.step)
+    if config.log_with:
+        accelerator.init_trackers("cxrsynth", config=_tracker_config(config, facts))
+
+    total = facts.total_steps
+    progress = tqdm(total=total, initial=min(parts.step, total), desc="train", unit="step", dynamic_ncols=True,
+                    disable=not accelerator.is_local_main_process)
+    parts.unet.train()
+    window = _Window(accelerator.device)
+    while parts.step < total:
+        window.loss_sum += optimisation_step(parts)
+        window.steps += 1
+        progress.update(1)
+        if parts.step % config.log_every == 0 or parts.step == total:
+            _log_step(parts, window, log, progress)
+        side_started = time.perf_counter()
+        _side_work(parts, run_dir, total)
+        window.excluded += time.perf_counter() - side_started
+    progress.close()
+
+    pipeline_dir = run_dir / PIPELINE_DIR
+    if accelerator.is_main_process:
+        export_pipeline(run_dir, ema_unet(parts), parts.noise_scheduler, vocabulary)
+    accelerator.wait_for_everyone()
+    return pipeline_dir
