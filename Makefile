@@ -22,7 +22,11 @@ demo: $(STAMP)
 	$(VENV)/bin/cxrsynth demo
 
 bench: $(STAMP)
+	$(PY) bench/phantom.py
 	$(PY) bench/data.py
+	$(PY) bench/train.py
+	$(PY) bench/sample.py
+	$(PY) bench/evaluate.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
