@@ -252,7 +252,11 @@ def available_stages() -> list[tuple[str, Callable[[Path, DemoPlan, Log], None]]
         ("sample", _stage_sample),
         ("evaluate", _stage_evaluate),
     ]
-    if importlib.util.find_spec("cxrsynth.audit.runner") is not None:
+    try:
+        has_audit = importlib.util.find_spec("cxrsynth.audit.runner") is not None
+    except ModuleNotFoundError:
+        has_audit = False
+    if has_audit:
         stages.append(("audit", _stage_audit))
     return stages
 
