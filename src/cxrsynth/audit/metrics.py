@@ -1,0 +1,343 @@
+"""Membership-inference metrics: ROC/AUC, exact TPR at low FPR, calibrated thresholds, ε lower bounds.
+
+Conventions
+-----------
+* ``labels``: 1 for a member (trained on), 0 for a non-member (``holdout``).
+* ``membership``: a score where **higher means "member"**. An attack whose published score is
+  "lower ⇒ member" (a loss) is turned into one by negation (:func:`membership_scores`); that is
+  the *published direction*. The *chosen direction* is picked on the calibration half
+  (:func:`choose_direction`) and may be the reverse, as an attacker with calibration data would do.
+
+TPR at a target FPR is **exact and conservative**: the largest TPR of any threshold on the
+empirical ROC whose FPR does not exceed the target. Tied scores move together (a threshold can
+not split a tie), and there is no interpolation between ROC points, so the value is attained by a
+real deterministic threshold. When the number of non-members ``n`` is below ``1/target`` the
+smallest non-zero FPR measurable is ``1/n > target``; the TPR is then reported as None with a note.
+
+The ε lower bound follows Jagielski et al. (NeurIPS 2020) and Nasr et al. (2021): a DP mechanism
+with (ε, δ) forces ``TPR ≤ e^ε·FPR + δ`` and ``TNR ≤ e^ε·FNR + δ`` for every test, so for the
+threshold fixed on the calibration half, with one-sided 95% Clopper–Pearson bounds on the
+evaluation half, ``ε ≥ ln((TPR_low − δ)/FPR_high)`` and ``ε ≥ ln((TNR_low − δ)/FNR_high)``. The
+larger is reported, 0 when neither is positive. Each bound is one-sided at 95%, so the pair holds
+jointly with at least 90% confidence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cxrsynth.errors import CxrsynthError
+
+LOWER, HIGHER = "lower", "higher"
+"""Directions: which score values an attack calls "member"."""
+
+DEFAULT_DELTA = 1e-5
+"""δ of the ε lower bound when the run has no DP settings (``privacy.json``)."""
+
+CONFIDENCE = 0.95
+"""One-sided confidence of each Clopper–Pearson bound."""
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def _check_binary(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 1:
+        raise CxrsynthError(f"labels {y.shape} and scores {s.shape} must be 1-D arrays of the same length")
+    if not np.all(np.isfinite(s)):
+        raise CxrsynthError("membership scores contain NaN or infinite values")
+    if y.all() or not y.any():
+        raise CxrsynthError("membership metrics need at least one member and one non-member")
+    return y, s
+
+
+def membership_scores(scores: np.ndarray, member_if: str) -> np.ndarray:
+    """Scores oriented so that higher means member: ``-scores`` for ``lower``, ``scores`` for ``higher``.
+
+    Raises:
+        CxrsynthError: for another direction name.
+    """
+    if member_if not in (LOWER, HIGHER):
+        raise CxrsynthError(f"unknown score direction {member_if!r}", f"use {LOWER!r} or {HIGHER!r}")
+    values = np.asarray(scores, dtype=np.float64)
+    return -values if member_if == LOWER else values
+
+
+def roc_auc(labels: np.ndarray, membership: np.ndarray) -> float:
+    """Area under the ROC curve (scikit-learn; ties count one half).
+
+    Args:
+        labels: 1/True for members.
+        membership: scores, higher ⇒ member.
+
+    Raises:
+        CxrsynthError: without both classes, or for non-finite scores.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y, s = _check_binary(labels, membership)
+    return float(roc_auc_score(y, s))
+
+
+def roc_points(labels: np.ndarray, membership: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every point of the empirical ROC: ``(fpr, tpr, thresholds)``, one per distinct score.
+
+    Point ``i`` is the test "member if score ≥ thresholds[i]"; the first point (threshold +inf)
+    is (0, 0). Tied scores form one point.
+    """
+    from sklearn.metrics import roc_curve
+
+    y, s = _check_binary(labels, membership)
+    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    return fpr, tpr, thresholds
+
+
+def tpr_at_fpr(labels: np.ndarray, membership: np.ndarray, target_fpr: float) -> float:
+    """Largest TPR of a threshold whose empirical FPR is ≤ ``target_fpr`` (exact, no interpolation).
+
+    Raises:
+        CxrsynthError: for a target outside [0, 1], or invalid labels/scores.
+    """
+    if not 0.0 <= target_fpr <= 1.0:
+        raise CxrsynthError(f"target FPR {target_fpr} must be within [0, 1]")
+    fpr, tpr, _ = roc_points(labels, membership)
+    # Exact comparison on counts avoids float round-off at e.g. 1/100 == 0.01.
+    n_negative = int((~np.asarray(labels).astype(bool)).sum())
+    false_positives = np.rint(fpr * n_negative)
+    allowed = false_positives <= math.floor(target_fpr * n_negative + 1e-9)
+    return float(tpr[allowed].max())
+
+
+def tpr_at_fpr_or_note(labels: np.ndarray, membership: np.ndarray, target_fpr: float) -> tuple[float | None, str | None]:
+    """:func:`tpr_at_fpr`, or ``(None, why)`` when there are fewer than ``1/target_fpr`` non-members."""
+    n_negative = int((~np.asarray(labels).astype(bool)).sum())
+    if n_negative * target_fpr < 1.0 - 1e-9:
+        return None, (
+            f"TPR at {target_fpr:.1%} FPR needs at least {math.ceil(1 / target_fpr)} evaluation non-members "
+            f"(found {n_negative}; the smallest measurable non-zero FPR is 1/{n_negative})"
+        )
+    return tpr_at_fpr(labels, membership, target_fpr), None
+
+
+def clopper_pearson_lower(successes: int, trials: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided lower Clopper–Pearson bound of a binomial proportion (0 when there are no successes)."""
+    from scipy.stats import beta
+
+    _check_counts(successes, trials)
+    if successes == 0:
+        return 0.0
+    return float(beta.ppf(1.0 - confidence, successes, trials - successes + 1))
+
+
+def clopper_pearson_upper(successes: int, trials: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided upper Clopper–Pearson bound of a binomial proportion (1 when all trials succeed)."""
+    from scipy.stats import beta
+
+    _check_counts(successes, trials)
+    if successes == trials:
+        return 1.0
+    return float(beta.ppf(confidence, successes + 1, trials - successes))
+
+
+def _check_counts(successes: int, trials: int) -> None:
+    if trials < 1 or not 0 <= successes <= trials:
+        raise CxrsynthError(f"invalid binomial counts: {successes} successes in {trials} trials")
+
+
+def _log_ratio(numerator: float, denominator: float) -> float:
+    if numerator <= 0.0:
+        return 0.0
+    return max(0.0, math.log(numerator / denominator))
+
+
+@dataclass(frozen=True)
+class EpsilonBound:
+    """Empirical ε lower bound of one fixed threshold, with the bounds it came from.
+
+    Attributes:
+        epsilon: max of the two forms, 0 when neither is positive.
+        tpr_low, fpr_high: one-sided Clopper–Pearson bounds of TPR (lower) and FPR (upper).
+        tnr_low, fnr_high: the same for TNR and FNR (the symmetric form).
+        delta: the δ used.
+    """
+
+    epsilon: float
+    tpr_low: float
+    fpr_high: float
+    tnr_low: float
+    fnr_high: float
+    delta: float
+
+
+def epsilon_lower_bound(
+    true_positives: int, n_members: int, false_positives: int, n_nonmembers: int,
+    delta: float = DEFAULT_DELTA, confidence: float = CONFIDENCE,
+) -> EpsilonBound:
+    """ε ≥ max(ln((TPR_low − δ)/FPR_high), ln((TNR_low − δ)/FNR_high)), clipped at 0.
+
+    Args:
+        true_positives: members called members; n_members: members tested.
+        false_positives: non-members called members; n_nonmembers: non-members tested.
+        delta: δ of the (ε, δ) guarantee being tested.
+        confidence: one-sided confidence of each Clopper–Pearson bound.
+
+    Raises:
+        CxrsynthError: for invalid counts or δ outside [0, 1).
+    """
+    if not 0.0 <= delta < 1.0:
+        raise CxrsynthError(f"δ must be within [0, 1), got {delta}")
+    tpr_low = clopper_pearson_lower(true_positives, n_members, confidence)
+    fpr_high = clopper_pearson_upper(false_positives, n_nonmembers, confidence)
+    tnr_low = clopper_pearson_lower(n_nonmembers - false_positives, n_nonmembers, confidence)
+    fnr_high = clopper_pearson_upper(n_members - true_positives, n_members, confidence)
+    epsilon = max(_log_ratio(tpr_low - delta, fpr_high), _log_ratio(tnr_low - delta, fnr_high))
+    return EpsilonBound(epsilon, tpr_low, fpr_high, tnr_low, fnr_high, delta)
+
+
+def choose_direction(labels: np.ndarray, scores: np.ndarray, published: str) -> str:
+    """The direction (``lower``/``higher`` ⇒ member) with AUC ≥ 0.5 on these (calibration) scores.
+
+    Ties (AUC exactly 0.5) keep the published direction.
+    """
+    auc = roc_auc(labels, membership_scores(scores, published))
+    if auc >= 0.5:
+        return published
+    return HIGHER if published == LOWER else LOWER
+
+
+def best_threshold(labels: np.ndarray, membership: np.ndarray) -> float:
+    """The threshold ("member if score ≥ t") with the highest balanced accuracy on these scores.
+
+    Among equally good thresholds the highest (most conservative) is taken. The threshold is placed
+    halfway between the lowest score called "member" and the next lower score, not on the score
+    itself, so that unseen scores a hair below a calibration score fall on the same side.
+    """
+    fpr, tpr, thresholds = roc_points(labels, membership)
+    balanced = (tpr + 1.0 - fpr) / 2.0
+    best = int(np.flatnonzero(balanced >= balanced.max() - 1e-12)[0])
+    if math.isinf(thresholds[best]):  # "nobody is a member": just above the largest score
+        return float(np.nextafter(np.max(membership), np.inf))
+    if best + 1 < len(thresholds):
+        return float((thresholds[best] + thresholds[best + 1]) / 2.0)
+    return float(thresholds[best])
+
+
+def confusion_at(labels: np.ndarray, membership: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
+    """``(true_positives, n_members, false_positives, n_nonmembers)`` of "member if score ≥ threshold"."""
+    y = np.asarray(labels).astype(bool)
+    called = np.asarray(membership, dtype=np.float64) >= threshold
+    return int((called & y).sum()), int(y.sum()), int((called & ~y).sum()), int((~y).sum())
+
+
+def rank_auc(labels: np.ndarray, membership: np.ndarray) -> np.ndarray:
+    """AUC along the last axis by the Mann–Whitney rank formula (ties count one half).
+
+    Equal to :func:`roc_auc` for one row; vectorised over leading axes (one bootstrap resample per
+    row), where scikit-learn's per-call validation would dominate. Rows with a single class give NaN.
+    """
+    from scipy.stats import rankdata
+
+    y = np.asarray(labels).astype(bool)
+    ranks = rankdata(np.asarray(membership, dtype=np.float64), axis=-1)
+    positives = y.sum(axis=-1)
+    negatives = y.shape[-1] - positives
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = ((ranks * y).sum(axis=-1) - positives * (positives + 1) / 2.0) / (positives * negatives)
+    return np.where((positives > 0) & (negatives > 0), auc, np.nan)
+
+
+def bootstrap_auc_interval(
+    labels: np.ndarray, membership: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> list[float] | None:
+    """95% percentile bootstrap interval of the AUC (images resampled with replacement).
+
+    Resamples with a single class are ignored. The interval is the percentile interval of
+    :mod:`cxrsynth.evaluate.bootstrap`.
+    """
+    from cxrsynth.evaluate.bootstrap import percentile_interval
+
+    y, s = _check_binary(labels, membership)
+    indices = np.random.default_rng(seed).integers(0, len(y), size=(resamples, len(y)))
+    interval = percentile_interval(rank_auc(y[indices], s[indices]))
+    # Round-off of the rank formula must not put an interval endpoint a hair below a perfect AUC.
+    return None if interval is None else [float(np.clip(round(value, 12), 0.0, 1.0)) for value in interval]
+
+
+TPR_TARGETS: dict[str, float] = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}
+
+
+def attack_metrics(
+    scores: np.ndarray,
+    is_member: np.ndarray,
+    is_calibration: np.ndarray,
+    member_if: str,
+    delta: float = DEFAULT_DELTA,
+    seed: int = 0,
+) -> dict:
+    """Every number audit.json reports for one attack (see :mod:`cxrsynth.audit.runner`).
+
+    The direction and threshold are chosen on the calibration rows; every reported number is
+    computed on the evaluation rows only.
+
+    Args:
+        scores: the attack's raw scores, one per audited image (published orientation).
+        is_member: True for member images.
+        is_calibration: True for calibration rows, False for evaluation rows.
+        member_if: the attack's published direction (``lower`` or ``higher`` ⇒ member).
+        delta: δ for the ε lower bound.
+        seed: seed of the bootstrap.
+
+    Returns:
+        A JSON-ready dict: ``auc``, ``auc_ci``, ``tpr_at_1pct_fpr``, ``tpr_at_0.1pct_fpr``,
+        ``tpr_at_zero_fpr``, ``published_direction``, ``direction``, ``threshold``,
+        ``balanced_accuracy``, ``eps_lower_bound``, ``eps_bound``, ``n_eval_members``,
+        ``n_eval_nonmembers``, ``notes``.
+
+    Raises:
+        CxrsynthError: when either half lacks members or non-members, or scores are not finite.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    members = np.asarray(is_member).astype(bool)
+    calibration = np.asarray(is_calibration).astype(bool)
+    evaluation = ~calibration
+    y_cal, y_eval = members[calibration], members[evaluation]
+
+    direction = choose_direction(y_cal, scores[calibration], member_if)
+    chosen = membership_scores(scores, direction)
+    threshold = best_threshold(y_cal, chosen[calibration])
+    tp, n_pos, fp, n_neg = confusion_at(y_eval, chosen[evaluation], threshold)
+    bound = epsilon_lower_bound(tp, n_pos, fp, n_neg, delta)
+
+    published = membership_scores(scores, member_if)[evaluation]
+    result: dict = {
+        "auc": roc_auc(y_eval, published),
+        "auc_ci": bootstrap_auc_interval(y_eval, published, seed=seed),
+        "published_direction": member_if,
+        "direction": direction,
+        "threshold": threshold if direction == HIGHER else -threshold,
+        "balanced_accuracy": (tp / n_pos + (n_neg - fp) / n_neg) / 2.0,
+        "eps_lower_bound": bound.epsilon,
+        "eps_bound": {
+            "tpr_low": bound.tpr_low, "fpr_high": bound.fpr_high, "tnr_low": bound.tnr_low,
+            "fnr_high": bound.fnr_high, "true_positives": tp, "false_positives": fp,
+        },
+        "n_eval_members": n_pos,
+        "n_eval_nonmembers": n_neg,
+        "tpr_at_zero_fpr": tpr_at_fpr(y_eval, chosen[evaluation], 0.0),
+        "notes": [],
+    }
+    for key, target in TPR_TARGETS.items():
+        value, note = tpr_at_fpr_or_note(y_eval, chosen[evaluation], target)
+        result[key] = value
+        if note:
+            result["notes"].append(note)
+    if direction != member_if:
+        result["notes"].append(
+            f"the published score calls {member_if} values members; on the calibration half members scored "
+            f"{direction}, so thresholds, TPRs, balanced accuracy and ε use the {direction} direction"
+        )
+    return result

@@ -1,0 +1,785 @@
+"""``cxrsynth audit``: does the model, or do its synthetic images, reveal who was in the training set?
+
+The runner picks the audited set, runs every applicable attack of the registry
+(:mod:`cxrsynth.audit.registry`), computes the metrics (:mod:`cxrsynth.audit.metrics`), the
+memorization test (:mod:`cxrsynth.audit.memorization`) and patient re-identification
+(:mod:`cxrsynth.audit.reidentification`), and writes ``RUN/audit/`` atomically:
+
+* ``audit.json`` — the report below (no image or patient ids: it may be shared);
+* ``scores.csv`` — one row per audited image: ``image_id``, ``split`` (member|holdout), ``half``
+  (calibration|evaluation), then each attack's raw score in its published orientation.
+  Sensitive (it names the training images): it stays in the run folder;
+* ``roc.png`` — ROC curves of every attack on the evaluation half, log-log, FPR 1e-3..1;
+* ``memorization.png`` — DCR histograms and the 16 closest (synthetic | training image) pairs.
+
+Audited set
+-----------
+One seeded image per patient of ``member`` and of ``holdout`` (patients never trained on, from the
+same pool); ``n`` patients of each, ``n`` = ``--num-members`` or min(1000, member patients,
+holdout patients). Each group is split in half at random: the **calibration** half is the only
+data on which anything is chosen or fitted (score direction, threshold, the blind classifier);
+every reported number comes from the **evaluation** half.
+
+audit.json (format 1)
+---------------------
+Top level:
+
+* ``format`` (int) — 1.
+* ``run`` (str), ``data`` (str), ``samples`` (str|null) — folders used.
+* ``seed`` (int) — seed of every random choice.
+* ``n_members`` / ``n_nonmembers`` (int) — audited members / holdout non-members (equal).
+* ``n_calibration`` / ``n_evaluation`` (object) — ``{"members": int, "nonmembers": int}`` per half.
+* ``delta`` (float) — δ of the ε lower bounds: ``delta`` of ``RUN/privacy.json`` for a DP run, else 1e-5;
+  ``delta_source`` (str) — ``privacy.json`` or ``default``.
+* ``settings`` (object) — ``timestep``, ``noise_draws``, ``secmi_timestep``, ``secmi_interval``,
+  ``batch_size``, ``device``, ``conditioning`` (``unconditional``; ``labels``: a conditional UNet
+  given each audited image's label set; ``null``: the null class for every image because some
+  audited label set is unknown to the model; ``not used``: no white-box attack ran).
+* ``attacks`` (object) — attack name → result (below), for each attack that ran.
+* ``skipped_attacks`` (object) — attack name → why it did not run (e.g. no synthetic samples).
+* ``memorization`` (object|null), ``memorization_skipped`` (str|null) — below.
+* ``reidentification`` (object|null), ``reidentification_skipped`` (str|null) — below.
+* ``domain_classifier`` (object|null) — feature extractor of ``nn_domain`` and the feature DCR:
+  ``path``, ``split`` (``test``), ``reused`` (bool), ``feature_dim``; null when not used, with
+  ``domain_classifier_skipped`` (str|null) saying why.
+* ``summary`` (object) — ``attacks_beating_chance`` (list of names whose evaluation AUC 95% CI
+  excludes 0.5, blind excluded), ``worst_tpr_at_1pct_fpr`` / ``worst_tpr_at_zero_fpr`` /
+  ``worst_eps_lower_bound`` (``{"attack", "value"}`` of the highest among model and sample attacks,
+  or null), ``blind_check_passed`` (bool|null: the lower end of blind's AUC CI is ≤ 0.5, i.e.
+  simple image statistics do not tell members from holdout; null when blind did not run), ``leak_detected``
+  (bool: an attack beats chance or has ε_lb > 0, a sample is flagged as a copy, or the
+  re-identification binomial p < 0.05).
+* ``verdict`` (str) — the summary in plain words.
+* ``warnings`` (list of str).
+* ``seconds`` (object) — wall-clock seconds: ``model_load``, ``domain_classifier``,
+  ``memorization``, ``reidentification``, ``total``.
+
+``attacks.<name>``:
+
+* ``access`` (white-box|black-box|none), ``description`` (str).
+* ``auc`` (float) — evaluation-half AUC in the **published** direction (never flipped; below 0.5
+  when members score the "wrong" way).
+* ``auc_ci`` ([low, high]|null) — 95% percentile bootstrap interval of ``auc``.
+* ``published_direction`` / ``direction`` (lower|higher) — which scores mean "member" as published
+  and as chosen on the calibration half (an attacker with calibration data would flip an inverted
+  score). Every number below uses ``direction``.
+* ``tpr_at_1pct_fpr`` / ``tpr_at_0.1pct_fpr`` (float|null) — exact TPR of the best threshold with
+  FPR ≤ 1% / 0.1% on the evaluation ROC (ties not split, no interpolation); null when there are
+  fewer than 100 / 1000 evaluation non-members, explained in ``notes``.
+* ``tpr_at_zero_fpr`` (float) — TPR of the best threshold with no false positive (always defined).
+* ``threshold`` (float) — the calibration threshold on the raw score (member if score ≤ it for
+  ``lower``, ≥ it for ``higher``), chosen to maximise calibration balanced accuracy.
+* ``balanced_accuracy`` (float) — (TPR + TNR)/2 of that threshold on the evaluation half.
+* ``eps_lower_bound`` (float) — empirical ε lower bound of that threshold on the evaluation half:
+  max(ln((TPR_low − δ)/FPR_high), ln((TNR_low − δ)/FNR_high)), 0 if not positive, with one-sided 95%
+  Clopper–Pearson bounds; ``eps_bound`` (object) — ``tpr_low``, ``fpr_high``, ``tnr_low``,
+  ``fnr_high``, ``true_positives``, ``false_positives``.
+* ``n_eval_members`` / ``n_eval_nonmembers`` (int).
+* ``nfe_per_image`` (float) — UNet forward passes per audited image, counted while it ran.
+* ``seconds`` (float) — wall-clock seconds of scoring; ``seconds_per_1000_images`` (float).
+* ``notes`` (list of str).
+
+``memorization`` (needs synthetic samples):
+
+* ``n_synthetic``, ``n_member_images`` (every training image), ``n_dcr_reference_per_split`` (int).
+* ``pixel_distance`` (str) — the distance used; ``ratio_neighbours`` (int, 50 or fewer);
+  ``ratio_threshold`` (float, 1/6 = Carlini et al.'s α·δ).
+* ``n_flagged`` (int), ``fraction_flagged`` (float), ``flagged_samples`` (list of sample file
+  names whose copy ratio is below the threshold), ``min_ratio``, ``median_ratio`` (float).
+* ``dcr_pixel`` / ``dcr_domain`` (object|null) — ``member`` and ``holdout`` DCR quantiles
+  (``q05``, ``q25``, ``q50``, ``q75``, ``mean``), ``fraction_closer_to_member`` (≈0.5 when nothing
+  leaks), ``binomial_p_value``, ``mannwhitney_p_value`` (one-sided, towards members).
+* ``closest_pairs`` (list) — the 16 samples closest to a training image: ``sample``,
+  ``pixel_distance``, ``ratio``.
+
+``reidentification`` (needs synthetic samples and enough holdout/test patients):
+
+* ``verification_auc`` (float) — same- vs different-patient AUC on pairs of unseen patients;
+  ``verification_pairs`` (int, same-patient pairs).
+* ``n_train_patients``, ``n_verification_patients``, ``gallery_patients_per_split`` (int);
+  ``gallery_images`` (``{"member": int, "holdout": int}``).
+* ``n_synthetic``, ``linked_to_member`` (int), ``fraction_linked_to_member``,
+  ``fraction_linked_to_holdout`` (float; equal ⇒ no patient-level leak detected),
+  ``binomial_p_value`` (one-sided, towards members), ``mean_similarity`` (float).
+* ``network`` (object) — ``steps``, ``input_size``, ``embedding_dim``, ``seconds``, ``final_loss``, ``seed``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cxrsynth.audit import metrics
+from cxrsynth.audit.registry import (
+    NEEDS_FEATURES,
+    NEEDS_MODEL,
+    NEEDS_SAMPLES,
+    AttackContext,
+    AttackSettings,
+    AttackSpec,
+    get_attack,
+    registered_attacks,
+)
+from cxrsynth.data.prepared import PreparedData
+from cxrsynth.errors import CxrsynthError
+from cxrsynth.fsutil import atomic_directory, atomic_write_json, atomic_write_text
+
+AUDIT_FOLDER = "audit"
+AUDIT_FILE, SCORES_FILE, ROC_FILE, MEMORIZATION_FILE = "audit.json", "scores.csv", "roc.png", "memorization.png"
+REPORT_FORMAT = 1
+DEFAULT_MAX_MEMBERS = 1000
+MIN_PER_GROUP = 4
+"""Audited patients per group needed for two per half."""
+PRIVACY_FILE = "privacy.json"
+REID_SIGNIFICANCE = 0.05
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    """Default log: discard."""
+
+
+@dataclass
+class AuditOptions:
+    """Settings of one audit (``cxrsynth audit`` options).
+
+    Attributes:
+        attacks: attack names to run; None runs every registered attack that applies.
+        num_members: audited members (and as many holdout non-members); None: min(1000, available).
+        seed: seed of every random choice.
+        samples: synthetic images for the black-box attacks and memorization (default ``RUN/samples``).
+        timestep: t of the loss, recon and PIA attacks.
+        noise_draws: noise draws of the loss and recon attacks.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        batch_size: images per UNet forward pass.
+        data: prepared-data folder (default: the one in ``RUN/config.yaml``).
+        classifier_steps: training steps of the domain classifier (features of ``nn_domain``).
+        reid_steps: training steps of the patient-verification network.
+        progress: show progress bars.
+    """
+
+    attacks: tuple[str, ...] | None = None
+    num_members: int | None = None
+    seed: int = 0
+    samples: Path | None = None
+    timestep: int = 200
+    noise_draws: int = 8
+    device: str = "auto"
+    batch_size: int = 64
+    data: Path | None = None
+    classifier_steps: int = 400
+    reid_steps: int = 300
+    progress: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditedSet:
+    """The audited images, shuffled together.
+
+    Attributes:
+        rows: image rows into the prepared data.
+        is_member: True for member images, False for holdout.
+        is_calibration: True for the calibration half, False for the evaluation half.
+    """
+
+    rows: np.ndarray
+    is_member: np.ndarray
+    is_calibration: np.ndarray
+
+    @property
+    def n_per_group(self) -> int:
+        """Members audited (= non-members audited)."""
+        return int(self.is_member.sum())
+
+
+def select_audited_set(data: PreparedData, num_members: int | None, seed: int) -> AuditedSet:
+    """One seeded image per patient, ``n`` member and ``n`` holdout patients, halves assigned at random.
+
+    Raises:
+        CxrsynthError: when ``num_members`` exceeds the patients available, or fewer than 4
+            patients per group are available.
+    """
+    member_rows = data.one_image_per_patient("member", seed)
+    holdout_rows = data.one_image_per_patient("holdout", seed)
+    available = min(len(member_rows), len(holdout_rows))
+    wanted = min(DEFAULT_MAX_MEMBERS, available) if num_members is None else int(num_members)
+    if wanted > available:
+        raise CxrsynthError(
+            f"--num-members {wanted} is more than the {available} patients available per group "
+            f"({len(member_rows)} member, {len(holdout_rows)} holdout patients in {data.root})",
+            f"use --num-members {available} or less",
+        )
+    if wanted < MIN_PER_GROUP:
+        raise CxrsynthError(
+            f"the audit needs at least {MIN_PER_GROUP} member and {MIN_PER_GROUP} holdout patients, "
+            f"{'asked for' if num_members is not None else 'found'} {wanted} ({data.root})",
+            "prepare the data with a holdout split (--holdout-fraction) and enough patients",
+        )
+    rng = np.random.default_rng([seed, 59])
+    picked_members = rng.choice(member_rows, size=wanted, replace=False)
+    picked_holdout = rng.choice(holdout_rows, size=wanted, replace=False)
+    calibration = np.zeros(wanted, dtype=bool)
+    calibration[: wanted // 2] = True
+    rows = np.concatenate([picked_members, picked_holdout])
+    is_member = np.concatenate([np.ones(wanted, bool), np.zeros(wanted, bool)])
+    is_calibration = np.concatenate([rng.permutation(calibration), rng.permutation(calibration)])
+    order = rng.permutation(len(rows))
+    return AuditedSet(rows=rows[order], is_member=is_member[order], is_calibration=is_calibration[order])
+
+
+def read_delta(run_dir: Path) -> tuple[float, str]:
+    """δ for the ε lower bounds: ``delta`` of ``RUN/privacy.json`` when present, else 1e-5.
+
+    Returns:
+        ``(delta, source)`` with source ``privacy.json`` or ``default``.
+
+    Raises:
+        CxrsynthError: when privacy.json exists but holds no valid ``delta``.
+    """
+    path = run_dir / PRIVACY_FILE
+    if not path.is_file():
+        return metrics.DEFAULT_DELTA, "default"
+    try:
+        delta = float(json.loads(path.read_text())["delta"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CxrsynthError(f"{path} holds no valid 'delta' ({exc})", "re-run the DP training that writes it") from None
+    if not 0.0 <= delta < 1.0:
+        raise CxrsynthError(f"{path}: delta {delta} is outside [0, 1)", "re-run the DP training that writes it")
+    return delta, PRIVACY_FILE
+
+
+def parse_attacks(text: str | None) -> tuple[str, ...] | None:
+    """``"loss,pia"`` → ("loss", "pia"); None or ``all`` → None (every applicable attack).
+
+    Raises:
+        CxrsynthError: for an unknown or repeated name.
+    """
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    for name in names:
+        get_attack(name)
+    if len(set(names)) != len(names):
+        raise CxrsynthError(f"--attacks names an attack twice: {text}")
+    return names
+
+
+def resolve_device(device: str):
+    """``auto`` → CUDA when available else CPU; otherwise the named device.
+
+    Raises:
+        CxrsynthError: for CUDA without a GPU or an unknown device name.
+    """
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise CxrsynthError(f"unknown --device {device!r}", "use auto, cpu, cuda or cuda:N") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise CxrsynthError("--device cuda was requested but CUDA is not available", "use --device cpu or auto")
+    return resolved
+
+
+@dataclass
+class SyntheticImages:
+    """Released synthetic images: uint8 M×S×S with their file names, from ``folder``."""
+
+    images: np.ndarray
+    names: list[str]
+    folder: Path
+
+
+def _sample_names(folder: Path) -> list[str]:
+    """File names in the order :func:`cxrsynth.evaluate.runner.read_samples` reads them."""
+    from cxrsynth.sample import MANIFEST_FILE
+
+    manifest = folder / MANIFEST_FILE
+    if manifest.is_file():
+        with manifest.open(newline="") as handle:
+            rows = sorted(csv.DictReader(handle), key=lambda row: int(row["index"]))
+        return [row["file"] for row in rows]
+    return [path.name for path in sorted(folder.glob("*.png"))]
+
+
+def load_synthetic(folder: Path, size: int, warnings: list[str]) -> tuple[SyntheticImages | None, str | None]:
+    """The samples of ``folder`` (resized to ``size`` if needed), or ``(None, why)`` when there are none."""
+    from cxrsynth.evaluate.runner import read_samples
+
+    if not folder.is_dir() or not any(folder.glob("*.png")) and not any(folder.glob("*.dcm")):
+        return None, f"no synthetic images in {folder}: run `cxrsynth sample --run RUN` or pass --samples DIR"
+    synthetic = read_samples(folder, None, size, warnings)
+    return SyntheticImages(synthetic.images, _sample_names(folder), folder), None
+
+
+def conditioning_labels(model, data: PreparedData, rows: np.ndarray):
+    """Class ids for the audited rows of a conditional model, and what was used.
+
+    Returns:
+        ``(class_labels or None, "unconditional" | "labels" | "null")``: each image's own label set
+        when the model knows every audited label set; else the null class for all images, so that
+        members and non-members are treated alike.
+    """
+    import torch
+
+    vocabulary = model.vocabulary
+    if vocabulary is None:
+        return None, "unconditional"
+    cells = data.index["labels"].iloc[rows].tolist()
+    try:
+        return vocabulary.encode(cells), "labels"
+    except CxrsynthError:
+        return torch.full((len(rows),), vocabulary.null_class, dtype=torch.long), "null"
+
+
+# ---------------------------------------------------------------------------------------------
+# Attacks
+# ---------------------------------------------------------------------------------------------
+
+
+def _missing_need(spec: AttackSpec, reasons: dict[str, str | None]) -> str | None:
+    for need in (NEEDS_MODEL, NEEDS_SAMPLES, NEEDS_FEATURES):
+        if need in spec.needs and reasons.get(need):
+            return reasons[need]
+    return None
+
+
+def run_attack(spec: AttackSpec, context: AttackContext) -> tuple[np.ndarray, float, float]:
+    """Score the audited images with one attack.
+
+    Returns:
+        ``(scores, nfe_per_image, seconds)``; NFE counted on the model's forward counter.
+
+    Raises:
+        CxrsynthError: when the attack returns anything but one finite score per image.
+    """
+    before = context.model.image_forwards if context.model is not None else 0
+    started = time.perf_counter()
+    scores = np.asarray(spec.score(context), dtype=np.float64)
+    seconds = time.perf_counter() - started
+    if scores.shape != (len(context.images),) or not np.all(np.isfinite(scores)):
+        raise CxrsynthError(
+            f"attack {spec.name!r} returned {scores.shape} scores for {len(context.images)} images, or non-finite ones",
+            "check that the model's weights are finite (a diverged run), or leave the attack out with --attacks",
+        )
+    forwards = (context.model.image_forwards - before) if context.model is not None else 0
+    return scores, forwards / len(context.images), seconds
+
+
+def roc_curve_of(name: str, result: dict, scores: np.ndarray, audited: AuditedSet):
+    """The evaluation-half ROC of an attack in its chosen direction, for ``roc.png``."""
+    from cxrsynth.audit.plots import RocCurve
+
+    evaluation = ~audited.is_calibration
+    chosen = metrics.membership_scores(scores, result["direction"])[evaluation]
+    fpr, tpr, _ = metrics.roc_points(audited.is_member[evaluation], chosen)
+    inverted = result["direction"] != result["published_direction"]
+    return RocCurve(name, fpr, tpr, 1.0 - result["auc"] if inverted else result["auc"], inverted)
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdict
+# ---------------------------------------------------------------------------------------------
+
+
+def _beats_chance(result: dict) -> bool:
+    interval = result.get("auc_ci")
+    return bool(interval) and (interval[0] > 0.5 or interval[1] < 0.5)
+
+
+def _worst(attacks: dict, key: str) -> dict | None:
+    worst = None
+    for name, result in attacks.items():  # registry order: ties go to the attack listed first
+        if result.get(key) is not None and (worst is None or result[key] > worst["value"]):
+            worst = {"attack": name, "value": result[key]}
+    return worst
+
+
+def summarise(report: dict) -> dict:
+    """The ``summary`` object of audit.json (see the module docstring)."""
+    attacks = {name: result for name, result in report["attacks"].items() if result["access"] != "none"}
+    blind = report["attacks"].get("blind")
+    blind_passed = None
+    if blind is not None and blind.get("auc_ci"):
+        # Only a blind AUC significantly *above* 0.5 means the split leaks; one below is fitting noise.
+        blind_passed = bool(blind["auc_ci"][0] <= 0.5)
+    beating = [name for name, result in attacks.items() if _beats_chance(result)]
+    memorization = report.get("memorization") or {}
+    reid = report.get("reidentification") or {}
+    leak = bool(
+        beating
+        or any(result["eps_lower_bound"] > 0 for result in attacks.values())
+        or memorization.get("n_flagged", 0) > 0
+        or (reid and reid["binomial_p_value"] < REID_SIGNIFICANCE)
+    )
+    return {
+        "attacks_beating_chance": beating,
+        "worst_tpr_at_1pct_fpr": _worst(attacks, "tpr_at_1pct_fpr"),
+        "worst_tpr_at_zero_fpr": _worst(attacks, "tpr_at_zero_fpr"),
+        "worst_eps_lower_bound": _worst(attacks, "eps_lower_bound"),
+        "blind_check_passed": blind_passed,
+        "leak_detected": leak,
+    }
+
+
+def _auc_phrase(name: str, result: dict) -> str:
+    inverted = result["direction"] != result["published_direction"]
+    return f"{name} AUC {result['auc']:.2f}" + (" (inverted: members score the other way)" if inverted else "")
+
+
+def write_verdict(report: dict) -> str:
+    """The plain-words ``verdict`` of audit.json."""
+    summary = report["summary"]
+    attacks = {name: result for name, result in report["attacks"].items() if result["access"] != "none"}
+    sentences = []
+    n = report["n_evaluation"]["members"]
+    if summary["leak_detected"]:
+        sentences.append("Privacy leak detected.")
+    else:
+        sentences.append(f"No leak detected at this sample size ({n} members vs {n} non-members evaluated).")
+    beating = summary["attacks_beating_chance"]
+    if attacks:
+        if beating:
+            phrases = ", ".join(_auc_phrase(name, attacks[name]) for name in beating)
+            sentences.append(f"{len(beating)} of {len(attacks)} attacks beat chance (95% CI excludes 0.5): {phrases}.")
+        else:
+            sentences.append(f"None of the {len(attacks)} attacks beats chance (every 95% AUC interval includes 0.5).")
+    worst_tpr = summary["worst_tpr_at_1pct_fpr"]
+    if worst_tpr is not None:
+        sentences.append(f"Worst TPR at 1% FPR: {worst_tpr['value']:.3f} ({worst_tpr['attack']}).")
+    elif summary["worst_tpr_at_zero_fpr"] is not None:
+        zero = summary["worst_tpr_at_zero_fpr"]
+        sentences.append(
+            f"Too few non-members to measure TPR at 1% FPR; worst TPR with no false positive: "
+            f"{zero['value']:.3f} ({zero['attack']})."
+        )
+    worst_eps = summary["worst_eps_lower_bound"]
+    if worst_eps is not None:
+        sentences.append(
+            f"Worst empirical ε lower bound: {worst_eps['value']:.2f} ({worst_eps['attack']}, δ = {report['delta']:g}, 95% confidence)."
+        )
+    memorization = report.get("memorization")
+    if memorization is not None:
+        sentences.append(
+            f"Memorization: {memorization['n_flagged']} of {memorization['n_synthetic']} synthetic images flagged as "
+            f"near-copies of a training image."
+        )
+    reid = report.get("reidentification")
+    if reid is not None:
+        sentences.append(
+            f"Re-identification (verification AUC {reid['verification_auc']:.2f}): "
+            f"{reid['fraction_linked_to_member']:.0%} of synthetic images linked to member patients vs "
+            f"{reid['fraction_linked_to_holdout']:.0%} to holdout (p = {reid['binomial_p_value']:.3g})."
+        )
+    elif report.get("reidentification_skipped") and memorization is not None:
+        sentences.append(f"Re-identification not measured: {report['reidentification_skipped']}.")
+    blind = report["attacks"].get("blind")
+    interval = "" if blind is None or not blind["auc_ci"] else f", 95% CI [{blind['auc_ci'][0]:.2f}, {blind['auc_ci'][1]:.2f}]"
+    if summary["blind_check_passed"] is True:
+        sentences.append(
+            f"Blind check passed (AUC {blind['auc']:.2f}{interval}): no evidence that members and holdout differ "
+            "in simple image statistics."
+        )
+    elif summary["blind_check_passed"] is False:
+        sentences.append(
+            f"Blind check FAILED (AUC {blind['auc']:.2f}{interval}): members and holdout differ in simple image "
+            "statistics, so attack AUCs partly measure the split, not the model."
+        )
+    else:
+        sentences.append("Blind check not run.")
+    return " ".join(sentences)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+
+
+def scores_csv(data: PreparedData, audited: AuditedSet, scores: dict[str, np.ndarray]) -> str:
+    """Text of ``scores.csv``: image_id, split, half, then one column per attack."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image_id", "split", "half", *scores])
+    image_ids = data.index["image_id"].iloc[audited.rows].tolist()
+    for i, image_id in enumerate(image_ids):
+        writer.writerow([
+            image_id,
+            "member" if audited.is_member[i] else "holdout",
+            "calibration" if audited.is_calibration[i] else "evaluation",
+            *(repr(float(values[i])) for values in scores.values()),
+        ])
+    return buffer.getvalue()
+
+
+def _selected_specs(options: AuditOptions) -> list[AttackSpec]:
+    if options.attacks is None:
+        return registered_attacks()
+    return [get_attack(name) for name in options.attacks]
+
+
+def load_white_box_model(run_dir: Path, data: PreparedData, audited: AuditedSet, settings: AttackSettings, device):
+    """The run's UNet as white-box attacks see it, and the conditioning used (see :func:`conditioning_labels`).
+
+    Raises:
+        CxrsynthError: for a missing or unsafe model, or settings outside its timestep range.
+    """
+    from cxrsynth.audit.whitebox import WhiteBoxModel
+    from cxrsynth.sample import load_sampling_model
+
+    sampling_model = load_sampling_model(run_dir, device)
+    settings.validate(int(sampling_model.scheduler.config.num_train_timesteps))
+    labels, conditioning = conditioning_labels(sampling_model, data, audited.rows)
+    return WhiteBoxModel(sampling_model.unet, sampling_model.scheduler, labels, seed=settings.seed), conditioning
+
+
+def domain_features(run_dir: Path, data: PreparedData, options: AuditOptions, device, log: Log):
+    """Domain-classifier features trained on the ``test`` split (cached by :mod:`cxrsynth.evaluate.domain`).
+
+    Returns:
+        ``(features function, audit.json domain_classifier object)``, or ``(None, why)`` when the
+        data has no test split (member or holdout features would be in-sample).
+    """
+    if len(data.rows("test")) == 0:
+        return None, "the data has no test split to train the domain classifier on (members and holdout must stay out-of-sample)"
+    from cxrsynth.evaluate.domain import classifier_folder, domain_classifier_for_run
+
+    log("domain classifier (trained on the test split) for feature distances")
+    classifier, reused = domain_classifier_for_run(run_dir, data, split="test", seed=options.seed,
+                                                   steps=options.classifier_steps, device=device,
+                                                   progress=options.progress)
+    return classifier.features, {"path": str(classifier_folder(run_dir, "test")), "split": "test",
+                                 "reused": reused, "feature_dim": classifier.feature_dim}
+
+
+@dataclass
+class AttackResults:
+    """What the attacks produced: audit.json entries, raw scores and ROC curves (registry order)."""
+
+    results: dict
+    skipped: dict
+    scores: dict
+    curves: list
+
+
+def score_attacks(specs: list[AttackSpec], context: AttackContext, audited: AuditedSet, reasons: dict[str, str | None],
+                  delta: float, seed: int, log: Log) -> AttackResults:
+    """Run every attack whose needs are met and compute its metrics; record why the others were skipped."""
+    output = AttackResults({}, {}, {}, [])
+    for spec in specs:
+        missing = _missing_need(spec, reasons)
+        if missing:
+            output.skipped[spec.name] = missing
+            log(f"{spec.name}: skipped ({missing})")
+            continue
+        scores, nfe, elapsed = run_attack(spec, context)
+        result = {"access": spec.access, "description": spec.description}
+        result.update(metrics.attack_metrics(scores, audited.is_member, audited.is_calibration, spec.member_if,
+                                             delta=delta, seed=seed))
+        result.update({"nfe_per_image": nfe, "seconds": elapsed,
+                       "seconds_per_1000_images": elapsed / len(context.images) * 1000})
+        log(f"{spec.name}: AUC {result['auc']:.3f}, ε_lb {result['eps_lower_bound']:.2f} ({elapsed:.1f} s, {nfe:g} NFE/image)")
+        output.results[spec.name] = result
+        output.scores[spec.name] = scores
+        output.curves.append(roc_curve_of(spec.name, result, scores, audited))
+    return output
+
+
+def _half_counts(audited: AuditedSet) -> dict[str, dict[str, int]]:
+    counts = {}
+    for half, mask in (("calibration", audited.is_calibration), ("evaluation", ~audited.is_calibration)):
+        counts[half] = {"members": int((audited.is_member & mask).sum()),
+                        "nonmembers": int((~audited.is_member & mask).sum())}
+    return counts
+
+
+def write_outputs(folder: Path, report: dict, scores_text: str, curves: list, memorization_result) -> None:
+    """Write audit.json, scores.csv, roc.png and memorization.png into ``folder``."""
+    from cxrsynth.audit.plots import plot_memorization, plot_roc
+
+    atomic_write_json(folder / AUDIT_FILE, report)
+    atomic_write_text(folder / SCORES_FILE, scores_text)
+    n_eval = report["n_evaluation"]["members"]
+    plot_roc(curves, folder / ROC_FILE, f"membership inference, evaluation half ({n_eval} vs {n_eval})")
+    memorization = report["memorization"]
+    if memorization_result is None:
+        plot_memorization(folder / MEMORIZATION_FILE, None, None,
+                          f"memorization not measured: {report['memorization_skipped']}")
+        return
+    summary = (f"{memorization['n_flagged']} of {memorization['n_synthetic']} synthetic images flagged "
+               f"(copy ratio < {memorization['ratio_threshold']:.3f})")
+    plot_memorization(folder / MEMORIZATION_FILE, memorization_result.pixel_dcr, memorization_result.closest_pairs, summary)
+
+
+def audit_run(run_dir: str | Path, options: AuditOptions | None = None, log: Log = _quiet) -> dict:
+    """Audit a trained run and write ``RUN/audit/`` (audit.json, scores.csv, roc.png, memorization.png).
+
+    Args:
+        run_dir: the run folder (``config.yaml``, ``pipeline/``, optionally ``samples/`` and ``privacy.json``).
+        options: the audit's settings (defaults when None).
+        log: receives one line per stage.
+
+    Returns:
+        The report written to ``audit.json``.
+
+    Raises:
+        CxrsynthError: for a missing run or data, too few patients, invalid settings, or an
+            unknown attack name. Nothing is written then; an earlier ``RUN/audit`` is replaced
+            only once the new one is complete.
+    """
+    from cxrsynth.audit.memorization import measure_memorization
+    from cxrsynth.audit.reidentification import reidentify
+    from cxrsynth.evaluate.runner import load_run_data
+
+    options = options or AuditOptions()
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    specs = _selected_specs(options)
+    data = load_run_data(run_dir, options.data)
+    audited = select_audited_set(data, options.num_members, options.seed)
+    delta, delta_source = read_delta(run_dir)
+    device = resolve_device(options.device)
+    settings = AttackSettings(timestep=options.timestep, noise_draws=options.noise_draws,
+                              batch_size=options.batch_size, seed=options.seed)
+    warnings: list[str] = []
+    seconds: dict[str, float] = {}
+    log(f"auditing {audited.n_per_group} members vs {audited.n_per_group} holdout non-members (seed {options.seed})")
+
+    model, conditioning = None, "not used"
+    if any(NEEDS_MODEL in spec.needs for spec in specs):
+        clock = time.perf_counter()
+        model, conditioning = load_white_box_model(run_dir, data, audited, settings, device)
+        seconds["model_load"] = time.perf_counter() - clock
+
+    reasons: dict[str, str | None] = {}
+    samples_folder = options.samples if options.samples is not None else run_dir / "samples"
+    synthetic, reasons[NEEDS_SAMPLES] = load_synthetic(samples_folder, data.size, warnings)
+    features, classifier_report = None, None
+    if synthetic is None:
+        reasons[NEEDS_FEATURES] = "not needed: no synthetic images"
+    else:
+        clock = time.perf_counter()
+        features, found = domain_features(run_dir, data, options, device, log)
+        classifier_report, reasons[NEEDS_FEATURES] = (found, None) if features is not None else (None, found)
+        seconds["domain_classifier"] = time.perf_counter() - clock
+
+    images = np.asarray(data.images[audited.rows])
+    calibration_rows = np.flatnonzero(audited.is_calibration)
+    context = AttackContext(
+        images=images, calibration_rows=calibration_rows, calibration_is_member=audited.is_member[calibration_rows],
+        settings=settings, model=model, synthetic=synthetic.images if synthetic is not None else None,
+        features=features,
+    )
+    attacks = score_attacks(specs, context, audited, reasons, delta, options.seed, log)
+
+    memorization_result, reidentification, reidentification_skipped = None, None, reasons[NEEDS_SAMPLES]
+    if synthetic is not None:
+        clock = time.perf_counter()
+        log(f"memorization: {len(synthetic.images)} synthetic images against the training images")
+        memorization_result = measure_memorization(
+            synthetic.images, synthetic.names, data.images, np.sort(data.rows("member")),
+            images[audited.is_member], images[~audited.is_member], features,
+        )
+        seconds["memorization"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        log("re-identification: training the patient-verification network on holdout+test patients")
+        try:
+            reidentification = reidentify(data, synthetic.images, seed=options.seed, steps=options.reid_steps,
+                                          device=device, progress=options.progress)
+            reidentification_skipped = None
+        except CxrsynthError as exc:
+            reidentification_skipped = exc.problem
+        seconds["reidentification"] = time.perf_counter() - clock
+
+    halves = _half_counts(audited)
+    report: dict = {
+        "format": REPORT_FORMAT,
+        "run": str(run_dir),
+        "data": str(data.root),
+        "samples": str(synthetic.folder) if synthetic is not None else None,
+        "seed": options.seed,
+        "n_members": audited.n_per_group,
+        "n_nonmembers": int((~audited.is_member).sum()),
+        "n_calibration": halves["calibration"],
+        "n_evaluation": halves["evaluation"],
+        "delta": delta,
+        "delta_source": delta_source,
+        "settings": {
+            "timestep": settings.timestep, "noise_draws": settings.noise_draws,
+            "secmi_timestep": settings.secmi_timestep, "secmi_interval": settings.secmi_interval,
+            "batch_size": settings.batch_size, "device": str(device), "conditioning": conditioning,
+        },
+        "attacks": attacks.results,
+        "skipped_attacks": attacks.skipped,
+        "memorization": memorization_result.report if memorization_result is not None else None,
+        "memorization_skipped": reasons[NEEDS_SAMPLES],
+        "reidentification": reidentification,
+        "reidentification_skipped": reidentification_skipped,
+        "domain_classifier": classifier_report,
+        "domain_classifier_skipped": reasons[NEEDS_FEATURES],
+        "warnings": warnings,
+    }
+    report["summary"] = summarise(report)
+    report["verdict"] = write_verdict(report)
+    seconds["total"] = time.perf_counter() - started
+    report["seconds"] = seconds
+
+    with atomic_directory(run_dir / AUDIT_FOLDER, overwrite=True) as folder:
+        write_outputs(folder, report, scores_csv(data, audited, attacks.scores), attacks.curves, memorization_result)
+    log(f"wrote {run_dir / AUDIT_FOLDER}")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Table
+# ---------------------------------------------------------------------------------------------
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def table_rows(report: dict) -> list[tuple[str, ...]]:
+    """Rows of the summary table: attack, access, direction, AUC [CI], TPR@1%FPR, TPR@0.1%FPR, ε_lb, NFE."""
+    rows = []
+    for name, result in report["attacks"].items():
+        interval = result["auc_ci"]
+        auc = f"{result['auc']:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+        direction = result["direction"]
+        if result["direction"] != result["published_direction"]:
+            direction += " (inverted)"
+        rows.append((
+            name, result["access"], direction, auc, _number(result["tpr_at_1pct_fpr"]),
+            _number(result["tpr_at_0.1pct_fpr"]), _number(result["eps_lower_bound"], 2),
+            f"{result['nfe_per_image']:g}",
+        ))
+    for name, reason in report["skipped_attacks"].items():
+        rows.append((name, get_attack(name).access, "skipped", reason, "", "", "", ""))
+    return rows
+
+
+def results_table(report: dict):
+    """A rich ``Table`` of the attacks (see :func:`table_rows`)."""
+    from rich.table import Table
+
+    n = report["n_evaluation"]["members"]
+    table = Table(title=f"membership inference (evaluation half: {n} members vs {n} non-members)")
+    for column in ("attack", "access", "member if score", "AUC [95% CI]", "TPR@1%FPR", "TPR@0.1%FPR", "ε_lb", "NFE"):
+        table.add_column(column, justify="left" if column in ("attack", "access", "member if score") else "right")
+    for row in table_rows(report):
+        table.add_row(*row)
+    return table

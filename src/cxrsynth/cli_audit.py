@@ -1,0 +1,104 @@
+"""``cxrsynth audit``: membership inference, memorization and re-identification of a run (parsing only).
+
+The work is :func:`cxrsynth.audit.runner.audit_run`; this module maps options onto it and prints
+the table and the verdict. Heavy libraries load only when the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+ATTACKS_HELP = (
+    "Comma-separated attacks (default: every one that applies). White-box (need the model): loss (ε-prediction "
+    "MSE at --timestep over --noise-draws draws), recon (one-step x̂₀ reconstruction error, the seed's attack), "
+    "secmi (t-error after DDIM inversion, Duan et al. 2023), pia and pian (proximal initialisation, Kong et al. "
+    "2024). Black-box (need synthetic images): nn (pixel distance to the nearest synthetic image), nn_domain "
+    "(domain-feature distance). No access: blind (image statistics only; a validity check that should stay near "
+    "AUC 0.5)."
+)
+
+
+def audit_command(
+    run: Path = typer.Option(..., "--run", help="Run folder written by `cxrsynth train`; results go to RUN/audit/."),
+    attacks: Optional[str] = typer.Option(None, "--attacks", help=ATTACKS_HELP),
+    num_members: Optional[int] = typer.Option(
+        None, "--num-members", min=4,
+        help="Member patients audited, one image each, and as many holdout (never trained on) patients "
+        "(default min(1000, available)). Half of each group calibrates thresholds, the other half is scored.",
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the audited set, the halves, noise draws and fitted models."),
+    samples: Optional[Path] = typer.Option(
+        None, "--samples",
+        help="Synthetic images for the black-box attacks, memorization and re-identification (default RUN/samples). "
+        "Without any, those parts are skipped with the reason.",
+    ),
+    timestep: int = typer.Option(200, "--timestep", min=1, help="Diffusion timestep t of the loss, recon, pia and pian attacks."),
+    noise_draws: int = typer.Option(8, "--noise-draws", min=1, help="Noise draws averaged by the loss and recon attacks (NFE per image)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per UNet forward pass."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared-data folder (default: the one in RUN/config.yaml)."),
+    classifier_steps: int = typer.Option(
+        400, "--classifier-steps", min=1,
+        help="Training steps of the domain classifier (trained on the test split) whose features nn_domain and the "
+        "feature-space memorization check use; cached in RUN/eval/.",
+    ),
+    reid_steps: int = typer.Option(
+        300, "--reid-steps", min=1,
+        help="Training steps of the patient-verification network (holdout+test patients only) used for re-identification.",
+    ),
+) -> None:
+    """Audit what a trained run leaks about its training patients; write RUN/audit/ (see AUDIT_HELP)."""
+    from rich.console import Console
+
+    from cxrsynth.audit.runner import AuditOptions, audit_run, parse_attacks, results_table
+
+    options = AuditOptions(
+        attacks=parse_attacks(attacks),
+        num_members=num_members,
+        seed=seed,
+        samples=samples,
+        timestep=timestep,
+        noise_draws=noise_draws,
+        device=device,
+        batch_size=batch_size,
+        data=data,
+        classifier_steps=classifier_steps,
+        reid_steps=reid_steps,
+        progress=True,
+    )
+    errors = Console(stderr=True)
+    report = audit_run(run, options, log=lambda line: errors.print(f"[dim]audit:[/] {line}", highlight=False))
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: rich would squeeze the table into 80 columns
+        console = Console(width=160)
+    console.print(results_table(report))
+    notes: dict[str, list[str]] = {}
+    for name, result in report["attacks"].items():
+        for note in result["notes"]:
+            notes.setdefault(note, []).append(name)
+    for note, names in notes.items():  # sample-size notes apply to every attack: say them once
+        prefix = "" if len(names) == len(report["attacks"]) else f"{', '.join(names)}: "
+        errors.print(f"[dim]note:[/] {prefix}{note}", highlight=False)
+    for warning in report["warnings"]:
+        errors.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    console.print(f"[bold]verdict:[/] {report['verdict']}", highlight=False)
+    console.print(f"wrote {Path(run) / 'audit'}")
+
+
+AUDIT_HELP = (
+    "Audit what a trained run leaks about its training patients; write RUN/audit/.\n\n"
+    "Membership inference attacks score one image per patient of the member and holdout splits; thresholds are "
+    "chosen on a calibration half and every number is measured on the other half: AUC with a bootstrap CI, TPR at "
+    "1% and 0.1% FPR, and an empirical ε lower bound (δ from RUN/privacy.json, else 1e-5). Synthetic images are "
+    "also checked for near-copies of training images and for links to training patients.\n\n"
+    "Writes audit.json, scores.csv (sensitive: it names training images), roc.png and memorization.png, and "
+    "prints a table and a verdict."
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``audit`` command to the root ``cxrsynth`` app."""
+    app.command("audit", help=AUDIT_HELP)(audit_command)

@@ -1,0 +1,151 @@
+"""Membership metrics against hand-computed cases and independent scipy computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from cxrsynth.audit import metrics
+from cxrsynth.errors import CxrsynthError
+
+
+def test_auc_hand_computed_with_a_tie() -> None:
+    labels = np.array([1, 1, 0, 0])
+    # member/non-member pairs: (0.9>0.5) (0.9>0.1) (0.4<0.5) (0.4>0.1) -> 3/4
+    assert metrics.roc_auc(labels, np.array([0.9, 0.4, 0.5, 0.1])) == pytest.approx(0.75)
+    # a tied pair counts one half: (0.5=0.5) (0.5>0.1) (0.4<0.5) (0.4>0.1) -> 2.5/4
+    assert metrics.roc_auc(labels, np.array([0.5, 0.4, 0.5, 0.1])) == pytest.approx(0.625)
+
+
+def test_rank_auc_equals_scikit_learn_with_ties() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, size=(20, 30))
+    scores = rng.integers(0, 5, size=(20, 30)).astype(float)  # many ties
+    vectorised = metrics.rank_auc(labels, scores)
+    assert np.allclose(vectorised, [metrics.roc_auc(y, s) for y, s in zip(labels, scores)])
+    assert np.isnan(metrics.rank_auc(np.ones(4), np.arange(4.0)))
+
+
+def test_auc_needs_both_classes() -> None:
+    with pytest.raises(CxrsynthError):
+        metrics.roc_auc(np.array([1, 1]), np.array([0.1, 0.2]))
+
+
+def _tied_scores() -> tuple[np.ndarray, np.ndarray]:
+    """100 non-members (98 at 0, two tied at 5) and 10 members (3 at 10, 4 tied at 5, 3 at 1)."""
+    nonmembers = np.array([0.0] * 98 + [5.0, 5.0])
+    members = np.array([10.0] * 3 + [5.0] * 4 + [1.0] * 3)
+    labels = np.concatenate([np.zeros(100), np.ones(10)])
+    return labels, np.concatenate([nonmembers, members])
+
+
+def test_tpr_at_fpr_does_not_split_ties() -> None:
+    labels, scores = _tied_scores()
+    # FPR <= 1% allows one false positive, but the tie at 5 brings two: only the threshold 10 is allowed.
+    assert metrics.tpr_at_fpr(labels, scores, 0.01) == pytest.approx(0.3)
+    assert metrics.tpr_at_fpr(labels, scores, 0.0) == pytest.approx(0.3)
+    # FPR <= 2% admits the tie (two false positives); every member is above the 98 zeros.
+    assert metrics.tpr_at_fpr(labels, scores, 0.02) == pytest.approx(1.0)
+    # Interpolating between the ROC points (0, 0.3) and (0.02, 0.7) would have claimed 0.5 at 1%.
+
+
+def test_tpr_at_fpr_is_null_with_a_note_when_too_few_nonmembers() -> None:
+    labels = np.concatenate([np.zeros(50), np.ones(50)])
+    scores = np.arange(100.0)
+    value, note = metrics.tpr_at_fpr_or_note(labels, scores, 0.01)
+    assert value is None and "100" in note and "50" in note
+    value, note = metrics.tpr_at_fpr_or_note(labels, scores, 0.02)
+    assert value == pytest.approx(1.0) and note is None
+
+
+@pytest.mark.parametrize("successes,trials", [(0, 10), (3, 10), (10, 10), (17, 40), (499, 500)])
+def test_clopper_pearson_matches_scipy_exact_interval(successes: int, trials: int) -> None:
+    # A two-sided 90% exact interval is the pair of one-sided 95% bounds.
+    interval = binomtest(successes, trials).proportion_ci(confidence_level=0.90, method="exact")
+    assert metrics.clopper_pearson_lower(successes, trials) == pytest.approx(interval.low, abs=1e-12)
+    assert metrics.clopper_pearson_upper(successes, trials) == pytest.approx(interval.high, abs=1e-12)
+
+
+def test_clopper_pearson_closed_forms_at_the_edges() -> None:
+    # k = n: lower bound alpha^(1/n); k = 0: upper bound 1 - alpha^(1/n)
+    assert metrics.clopper_pearson_lower(20, 20) == pytest.approx(0.05 ** (1 / 20))
+    assert metrics.clopper_pearson_upper(0, 20) == pytest.approx(1 - 0.05 ** (1 / 20))
+    with pytest.raises(CxrsynthError):
+        metrics.clopper_pearson_lower(5, 4)
+
+
+def test_epsilon_bound_of_a_perfect_test() -> None:
+    bound = metrics.epsilon_lower_bound(100, 100, 0, 100, delta=1e-5)
+    root = 0.05 ** (1 / 100)
+    assert bound.epsilon == pytest.approx(math.log((root - 1e-5) / (1 - root)))
+    assert bound.epsilon == pytest.approx(3.4929, abs=1e-3)
+
+
+def test_epsilon_bound_takes_the_symmetric_form_when_larger() -> None:
+    # Half the members found, no false positive: the TPR/FPR form wins.
+    direct = metrics.epsilon_lower_bound(50, 100, 0, 100, delta=0.0)
+    expected = math.log(metrics.clopper_pearson_lower(50, 100) / metrics.clopper_pearson_upper(0, 100))
+    assert direct.epsilon == pytest.approx(expected)
+    # Every member found, half the non-members too: only the TNR/FNR form is large.
+    symmetric = metrics.epsilon_lower_bound(100, 100, 50, 100, delta=0.0)
+    expected = math.log(metrics.clopper_pearson_lower(50, 100) / metrics.clopper_pearson_upper(0, 100))
+    assert symmetric.epsilon == pytest.approx(expected)
+    assert symmetric.tnr_low == pytest.approx(metrics.clopper_pearson_lower(50, 100))
+
+
+def test_epsilon_bound_is_zero_for_a_useless_test_and_shrinks_with_delta() -> None:
+    assert metrics.epsilon_lower_bound(50, 100, 50, 100).epsilon == 0.0
+    assert metrics.epsilon_lower_bound(100, 100, 0, 100, delta=0.5).epsilon < metrics.epsilon_lower_bound(100, 100, 0, 100).epsilon
+
+
+def _halves(n: int) -> tuple[np.ndarray, np.ndarray]:
+    is_member = np.tile([True, False], n)
+    is_calibration = np.repeat([True, False], n)
+    return is_member, is_calibration
+
+
+def test_attack_metrics_of_a_perfectly_separating_loss() -> None:
+    is_member, is_calibration = _halves(200)  # 100 members and 100 non-members per half
+    scores = np.where(is_member, 0.1, 0.9) + np.linspace(0, 0.01, 400)  # members have lower loss
+    result = metrics.attack_metrics(scores, is_member, is_calibration, "lower", delta=1e-5)
+    assert result["auc"] == 1.0 and result["auc_ci"] == [1.0, 1.0]
+    assert result["direction"] == "lower"
+    assert result["balanced_accuracy"] == 1.0
+    assert result["tpr_at_1pct_fpr"] == 1.0 and result["tpr_at_0.1pct_fpr"] is None
+    assert result["eps_lower_bound"] == pytest.approx(math.log((0.05 ** 0.01 - 1e-5) / (1 - 0.05 ** 0.01)))
+    assert result["n_eval_members"] == result["n_eval_nonmembers"] == 100
+
+
+def test_attack_metrics_keep_the_published_auc_but_choose_the_direction_on_calibration() -> None:
+    is_member, is_calibration = _halves(50)
+    rng = np.random.default_rng(0)
+    scores = np.where(is_member, 1.0, 0.0) + rng.normal(0, 0.3, 100)  # members *higher*, published "lower"
+    result = metrics.attack_metrics(scores, is_member, is_calibration, "lower")
+    assert result["auc"] < 0.1  # reported as published, not flipped
+    assert result["direction"] == "higher"
+    assert result["balanced_accuracy"] > 0.8 and result["eps_lower_bound"] > 0
+    assert any("direction" in note for note in result["notes"])
+
+
+def test_attack_metrics_on_exchangeable_scores_show_no_leak() -> None:
+    is_member, is_calibration = _halves(200)
+    scores = np.random.default_rng(1).normal(size=400)
+    result = metrics.attack_metrics(scores, is_member, is_calibration, "lower")
+    assert abs(result["auc"] - 0.5) < 0.1
+    assert result["auc_ci"][0] < 0.5 < result["auc_ci"][1]
+    assert result["eps_lower_bound"] < 0.5
+
+
+def test_threshold_from_calibration_is_applied_unchanged_to_evaluation() -> None:
+    # Calibration: members at 0..4 (lower), non-members at 10..14 -> threshold between them.
+    # Evaluation: one member at 20 is missed, so balanced accuracy is (4/5 + 5/5)/2.
+    scores = np.array([0, 1, 2, 3, 4, 10, 11, 12, 13, 14, 0, 1, 2, 3, 20, 10, 11, 12, 13, 14], dtype=float)
+    is_member = np.array([1] * 5 + [0] * 5 + [1] * 5 + [0] * 5, dtype=bool)
+    is_calibration = np.array([True] * 10 + [False] * 10)
+    result = metrics.attack_metrics(scores, is_member, is_calibration, "lower")
+    assert 4 <= result["threshold"] < 10
+    assert result["balanced_accuracy"] == pytest.approx(0.9)
+    assert result["eps_bound"]["true_positives"] == 4 and result["eps_bound"]["false_positives"] == 0
