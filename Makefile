@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) bench/train.py
 	$(PY) bench/sample.py
 	$(PY) bench/evaluate.py
+	$(PY) bench/audit.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
