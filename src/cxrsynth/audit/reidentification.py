@@ -86,17 +86,9 @@ def _network_input(images: np.ndarray, size: int, device):
 
 def _study_jitter(images, rng: np.random.Generator):
     """Shifts up to 1/8 of the side and exposure (gain, offset) changes: what differs between studies."""
-    import torch
-    import torch.nn.functional as F
+    from cxrsynth.evaluate.domain import random_shift_and_exposure
 
-    count, _, size, _ = images.shape
-    pad = max(1, size // 8)
-    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
-    offsets = rng.integers(0, 2 * pad + 1, size=(count, 2))
-    shifted = torch.stack([padded[i, :, dy : dy + size, dx : dx + size] for i, (dy, dx) in enumerate(offsets)])
-    gain = torch.from_numpy(rng.uniform(0.8, 1.2, size=(count, 1, 1, 1)).astype(np.float32)).to(images.device)
-    bias = torch.from_numpy(rng.uniform(-0.2, 0.2, size=(count, 1, 1, 1)).astype(np.float32)).to(images.device)
-    return shifted * gain + bias
+    return random_shift_and_exposure(images, rng, max_shift=1 / 8, gain=0.2, bias=0.2)
 
 
 @dataclass

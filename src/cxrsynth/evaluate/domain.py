@@ -196,20 +196,38 @@ def _check_images(images: np.ndarray, what: str) -> np.ndarray:
     return array
 
 
+def random_shift_and_exposure(
+    images: torch.Tensor, rng: np.random.Generator, max_shift: float, gain: float, bias: float
+) -> torch.Tensor:
+    """Shift each image by up to ``max_shift`` of its side (edge-replicated) and change its exposure.
+
+    Args:
+        images: float batch N×C×S×S.
+        rng: the source of every random draw (offsets, then gains, then biases).
+        max_shift: largest shift as a fraction of the side (at least one pixel).
+        gain: contrast factor drawn from [1 − gain, 1 + gain].
+        bias: brightness offset drawn from [−bias, bias].
+
+    Returns:
+        The augmented batch, same shape and device.
+    """
+    count, _, size, _ = images.shape
+    pad = max(1, int(size * max_shift))
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    offsets = rng.integers(0, 2 * pad + 1, size=(count, 2))
+    shifted = torch.stack([padded[i, :, dy : dy + size, dx : dx + size] for i, (dy, dx) in enumerate(offsets)])
+    gains = torch.from_numpy(rng.uniform(1 - gain, 1 + gain, size=(count, 1, 1, 1)).astype(np.float32)).to(images.device)
+    biases = torch.from_numpy(rng.uniform(-bias, bias, size=(count, 1, 1, 1)).astype(np.float32)).to(images.device)
+    return shifted * gains + biases
+
+
 def _augment(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Random shifts (up to 1/16 of the side, edge-replicated) and mild brightness/contrast changes.
+    """Random shifts (up to 1/16 of the side) and mild brightness/contrast changes.
 
     They keep the network from memorising its training images pixel by pixel, which would make
     the features of those images differ from the features of unseen ones.
     """
-    count, _, size, _ = images.shape
-    pad = max(1, size // 16)
-    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
-    offsets = rng.integers(0, 2 * pad + 1, size=(count, 2))
-    shifted = torch.stack([padded[i, :, dy : dy + size, dx : dx + size] for i, (dy, dx) in enumerate(offsets)])
-    gain = torch.from_numpy(rng.uniform(0.9, 1.1, size=(count, 1, 1, 1)).astype(np.float32)).to(images.device)
-    bias = torch.from_numpy(rng.uniform(-0.1, 0.1, size=(count, 1, 1, 1)).astype(np.float32)).to(images.device)
-    return shifted * gain + bias
+    return random_shift_and_exposure(images, rng, max_shift=1 / 16, gain=0.1, bias=0.1)
 
 
 def _to_network_input(batch: np.ndarray, input_size: int, device: torch.device) -> torch.Tensor:
