@@ -8,6 +8,16 @@ TRTR), :mod:`.diversity` (MS-SSIM), :mod:`.pixel` (histograms, power spectra), :
 :mod:`.runner` (``cxrsynth evaluate``; documents every key of ``fidelity.json``).
 """
 
-from cxrsynth.evaluate.runner import EvaluateOptions, evaluate_run
+from typing import Any
 
 __all__ = ["EvaluateOptions", "evaluate_run"]
+
+
+def __getattr__(name: str) -> Any:
+    # The runner pulls in torchmetrics and torchvision; importing it only when asked keeps
+    # `cxrsynth.evaluate.domain` (used by the audit) light to import.
+    if name in __all__:
+        from cxrsynth.evaluate import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
