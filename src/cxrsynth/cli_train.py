@@ -78,13 +78,41 @@ def train_command(
     warmup_steps: Optional[int] = typer.Option(
         None, "--warmup-steps", min=0, help="Linear learning-rate warm-up steps." + _default("warmup_steps")),
     max_grad_norm: Optional[float] = typer.Option(
-        None, "--max-grad-norm", help="Gradient clipping norm." + _default("max_grad_norm")),
+        None, "--max-grad-norm", help="Gradient clipping norm; with --dp, the per-record clipping norm C."
+        + _default("max_grad_norm")),
+    dp: bool = typer.Option(
+        False, "--dp", help="Differentially private training (DP-SGD, Opacus): each step Poisson-samples privacy "
+        "units, clips each unit's gradient to --max-grad-norm and adds Gaussian noise calibrated to --epsilon. "
+        "With the patient unit, each sampled patient contributes one of their images, drawn at random, so the "
+        "guarantee covers a patient and all their images. Writes RUN/privacy.json; epsilon per log record."),
+    epsilon: Optional[float] = typer.Option(
+        None, "--epsilon", help="DP: target epsilon (required with --dp). The noise is calibrated so the planned "
+        "steps spend at most this; a run that would exceed it stops."),
+    delta: Optional[float] = typer.Option(
+        None, "--delta", help="DP: delta of the guarantee. Default 1/(10 x number of privacy units), printed."),
+    noise_multiplicity: Optional[int] = typer.Option(
+        None, "--noise-multiplicity", min=1, help="DP: (timestep, noise) draws per record averaged before "
+        "clipping (DPDM): less variance at no privacy cost, K times the compute. Default 4."),
+    privacy_unit: Optional[str] = typer.Option(
+        None, "--privacy-unit", help="DP: patient (one record per patient: the guarantee is per patient) or image. "
+        "Default patient when the data has patient ids."),
+    accountant: Optional[str] = typer.Option(
+        None, "--accountant", help="DP: prv (privacy random variables, tight) or rdp (Renyi DP). Default prv."),
+    logical_batch_size: Optional[int] = typer.Option(
+        None, "--logical-batch-size", min=1, help="DP: expected records per step over all processes (large is "
+        "better: e.g. 1024-4096 on GPU). Default: batch size x grad accum x processes."),
+    physical_batch_size: Optional[int] = typer.Option(
+        None, "--physical-batch-size", min=1, help="DP: most records per forward pass per process (memory bound; "
+        "each costs --noise-multiplicity rows). Default: --batch-size."),
 ) -> None:
     """Train a DDPM (diffusers UNet2DModel, 1000-step DDPMScheduler, EMA) on the member split of --data.
 
     Runs on CPU, one GPU, or several through `accelerate launch --num_processes N -m cxrsynth train ...`.
     Writes RUN/config.yaml, train_log.jsonl, checkpoints/ (resumable), progress/ and, at the end, pipeline/
     (a diffusers DDPMPipeline with the EMA weights; loads with DDPMPipeline.from_pretrained).
+
+    With --dp --epsilon E: patient-level (default) differentially private training; RUN/privacy.json states
+    the (epsilon, delta) guarantee and its unit. --resume continues the privacy budget already spent.
     """
     from cxrsynth.config import resolve_train_config
     from cxrsynth.train import train
@@ -96,7 +124,10 @@ def train_command(
         "label_dropout": label_dropout, "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints,
         "progress_every": progress_every, "log_every": log_every, "mixed_precision": mixed_precision,
         "log_with": log_with, "beta_schedule": beta_schedule, "ema_decay": ema_decay,
-        "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm,
+        "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "dp": True if dp else None,
+        "epsilon": epsilon, "delta": delta, "noise_multiplicity": noise_multiplicity, "privacy_unit": privacy_unit,
+        "accountant": accountant, "logical_batch_size": logical_batch_size,
+        "physical_batch_size": physical_batch_size,
     }
     options = {name: value for name, value in given.items() if value is not None}
     config = resolve_train_config(run, options, resume)

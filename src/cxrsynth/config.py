@@ -32,6 +32,8 @@ CONFIG_FILE = "config.yaml"
 CONFIG_FORMAT = 1
 MIXED_PRECISION_CHOICES: tuple[str, ...] = ("no", "bf16", "fp16")
 LOG_WITH_CHOICES: tuple[str, ...] = ("tensorboard",)
+PRIVACY_UNITS: tuple[str, ...] = ("patient", "image")
+ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
 BETA_SCHEDULES: dict[str, str] = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 """``--beta-schedule`` value → diffusers ``DDPMScheduler(beta_schedule=…)`` name."""
 
@@ -72,6 +74,17 @@ class TrainConfig:
         progress_sampler: sampler of the progress grids (``ddim``, ``dpmsolver`` or ``ddpm``).
         progress_steps: denoising steps of the progress grids.
         progress_images: images per progress grid.
+        dp: train with patient- (or image-) level differentially private SGD (:mod:`cxrsynth.dp`).
+        epsilon: DP target ε, required with ``dp``; training stops rather than exceed it.
+        delta: DP δ; None means 1/(10 · number of privacy units).
+        noise_multiplicity: DP: (timestep, noise) draws averaged per record before clipping.
+        privacy_unit: DP: ``patient`` or ``image``; None means patient when the data has real
+            patient ids, else image.
+        accountant: DP accountant, ``prv`` (Gopi et al.) or ``rdp``.
+        logical_batch_size: DP: expected records per optimizer step (all processes); None means
+            ``batch_size`` × ``grad_accum`` × processes.
+        physical_batch_size: DP: most records per forward pass on one process (each costs
+            ``noise_multiplicity`` rows); None means ``batch_size``.
     """
 
     data: str
@@ -105,6 +118,14 @@ class TrainConfig:
     progress_sampler: str = "ddim"
     progress_steps: int = 20
     progress_images: int = 16
+    dp: bool = False
+    epsilon: float | None = None
+    delta: float | None = None
+    noise_multiplicity: int = 4
+    privacy_unit: str | None = None
+    accountant: str = "prv"
+    logical_batch_size: int | None = None
+    physical_batch_size: int | None = None
 
     def validate(self) -> None:
         """Check every setting's range and choice.
@@ -146,6 +167,36 @@ class TrainConfig:
             _invalid("--beta-schedule", self.beta_schedule, " | ".join(BETA_SCHEDULES))
         if not 0.0 < self.beta_start < self.beta_end < 1.0:
             _invalid("beta_start/beta_end", (self.beta_start, self.beta_end), "0 < beta_start < beta_end < 1")
+        self._validate_privacy()
+
+    def _validate_privacy(self) -> None:
+        dp_only = {"epsilon": None, "delta": None, "noise_multiplicity": 4, "privacy_unit": None,
+                   "accountant": "prv", "logical_batch_size": None, "physical_batch_size": None}
+        if not self.dp:
+            changed = [_option(name) for name, default in dp_only.items() if getattr(self, name) != default]
+            if changed:
+                raise CxrsynthError(f"{', '.join(changed)} only apply to differentially private training",
+                                    "add --dp --epsilon E, or leave these options out")
+            return
+        if self.epsilon is None:
+            raise CxrsynthError("--dp needs a target --epsilon",
+                                "e.g. --dp --epsilon 10 (smaller is more private; training stops at it)")
+        if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
+            _invalid("--epsilon", self.epsilon, "a number > 0")
+        if self.delta is not None and not 0.0 < self.delta < 1.0:
+            _invalid("--delta", self.delta, "a number in (0, 1), far below 1/number of patients")
+        if self.noise_multiplicity < 1:
+            _invalid("--noise-multiplicity", self.noise_multiplicity, "an integer >= 1")
+        if self.privacy_unit is not None and self.privacy_unit not in PRIVACY_UNITS:
+            _invalid("--privacy-unit", self.privacy_unit, " | ".join(PRIVACY_UNITS))
+        if self.accountant not in ACCOUNTANTS:
+            _invalid("--accountant", self.accountant, " | ".join(ACCOUNTANTS))
+        for name in ("logical_batch_size", "physical_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                _invalid(_option(name), getattr(self, name), "an integer >= 1")
+        if self.mixed_precision == "fp16":
+            raise CxrsynthError("--dp does not support --mixed-precision fp16 (loss scaling would scale the "
+                                "clipped per-record gradients)", "use --mixed-precision bf16 or no")
 
 
 @dataclass
@@ -160,10 +211,13 @@ class RunFacts:
         member_fingerprint: SHA-256 over the member image ids and labels; changes when the data does.
         label_sets: label sets of a conditional model's vocabulary (0 for unconditional).
         num_processes: training processes (``accelerate launch --num_processes``).
-        global_batch_size: images per optimizer step (batch × grad_accum × processes).
+        global_batch_size: images per optimizer step (batch × grad_accum × processes); for a DP run,
+            the expected records per step (the logical batch size).
         total_steps: optimizer steps of the whole run.
         unet_parameters: trainable parameters of the UNet.
         versions: versions of cxrsynth, torch, diffusers and accelerate used.
+        privacy_unit: DP runs: ``patient`` or ``image``, the unit the guarantee protects ("" otherwise).
+        privacy_units: DP runs: number of privacy units (records) in the member split (0 otherwise).
     """
 
     image_size: int
@@ -177,6 +231,8 @@ class RunFacts:
     total_steps: int
     unet_parameters: int
     versions: dict[str, str] = field(default_factory=dict)
+    privacy_unit: str = ""
+    privacy_units: int = 0
 
 
 RESUME_MUTABLE_SETTINGS: frozenset[str] = frozenset(

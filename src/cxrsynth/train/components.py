@@ -38,11 +38,12 @@ class TrainingParts:
         lr_scheduler: warm-up learning-rate schedule, stepped once per optimizer step.
         ema: EMA of the weights (main process only; None elsewhere).
         noise_scheduler: the 1000-step DDPM training scheduler.
-        stream: the source of micro-batches.
+        stream: the source of micro-batches (a :class:`~cxrsynth.dp.sampling.PoissonRecordStream` in a DP run).
         noise_generator: generator of noise, timesteps and label dropout on this process.
         vocabulary: label-set vocabulary of a conditional run, else None.
         step: optimizer steps completed.
         extra_state: JSON-safe entries other trainers keep in checkpoints (e.g. a privacy accountant).
+        privacy: the privacy ledger of a DP run (:class:`cxrsynth.dp.accounting.PrivacyLedger`), else None.
     """
 
     config: TrainConfig
@@ -57,6 +58,7 @@ class TrainingParts:
     vocabulary: LabelVocabulary | None
     step: int = 0
     extra_state: dict[str, Any] = field(default_factory=dict)
+    privacy: Any = None
 
     @property
     def base_unet(self) -> UNet2DModel:

@@ -15,6 +15,7 @@ import math
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
@@ -57,6 +58,9 @@ from cxrsynth.train.export import PIPELINE_DIR, export_pipeline, write_progress_
 from cxrsynth.train.objective import draw_diffusion_noise, drop_labels, per_example_denoising_loss
 from cxrsynth.train.run_log import TrainLog
 
+if TYPE_CHECKING:
+    from cxrsynth.dp.training import PrivacySettings
+
 TRAIN_SPLIT = "member"
 
 
@@ -79,18 +83,25 @@ def member_fingerprint(data: PreparedData) -> str:
     return digest.hexdigest()
 
 
-def total_steps(config: TrainConfig, member_images: int, global_batch_size: int) -> int:
-    """Optimizer steps of the run: ``max_steps``, or ``epochs`` passes over the members rounded up."""
+def total_steps(config: TrainConfig, records: int, global_batch_size: int) -> int:
+    """Optimizer steps of the run: ``max_steps``, or ``epochs`` passes over the records rounded up.
+
+    A record is a member image, or in a DP run a privacy unit (a patient, or an image).
+    """
     if config.max_steps is not None:
         return config.max_steps
-    return max(1, math.ceil(config.epochs * member_images / global_batch_size))
+    return max(1, math.ceil(config.epochs * records / global_batch_size))
 
 
 def describe_run(config: TrainConfig, data: PreparedData, num_processes: int,
-                 vocabulary: LabelVocabulary | None, unet_parameters: int) -> RunFacts:
-    """The :class:`RunFacts` of ``config`` on ``data`` with ``num_processes`` processes."""
+                 vocabulary: LabelVocabulary | None, unet_parameters: int,
+                 privacy: PrivacySettings | None = None) -> RunFacts:
+    """The :class:`RunFacts` of ``config`` on ``data`` with ``num_processes`` processes (DP: ``privacy``)."""
     members = data.index.loc[data.index["split"] == TRAIN_SPLIT]
     global_batch = config.batch_size * config.grad_accum * num_processes
+    records = len(members)
+    if privacy is not None:
+        global_batch, records = privacy.logical_batch_size, len(privacy.records)
     return RunFacts(
         image_size=data.size,
         channels=1,
@@ -100,9 +111,11 @@ def describe_run(config: TrainConfig, data: PreparedData, num_processes: int,
         label_sets=len(vocabulary.label_sets) if vocabulary is not None else 0,
         num_processes=num_processes,
         global_batch_size=global_batch,
-        total_steps=total_steps(config, len(members), global_batch),
+        total_steps=total_steps(config, records, global_batch),
         unet_parameters=unet_parameters,
         versions=_package_versions(),
+        privacy_unit=privacy.unit if privacy is not None else "",
+        privacy_units=records if privacy is not None else 0,
     )
 
 
@@ -159,8 +172,12 @@ def check_run_folder(run_dir: Path, config: TrainConfig, facts: RunFacts, resume
         raise CxrsynthError(f"{run_dir} has checkpoints but no {CONFIG_FILE}", "choose a new --run folder")
 
 
-def optimisation_step(parts: TrainingParts) -> torch.Tensor:
-    """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss (a 0-d tensor).
+def optimisation_step(parts: TrainingParts) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over ``grad_accum`` micro-batches.
+
+    Returns:
+        ``(loss_sum, images)``: 0-d tensors, the sum of the per-example losses and the number of
+        images this process trained on.
 
     Micro-batch: images from the stream → [-1, 1] on the device, label dropout, noise and timestep
     draws, per-example ε-MSE averaged; Accelerate scales for accumulation, syncs gradients on the
@@ -169,6 +186,7 @@ def optimisation_step(parts: TrainingParts) -> torch.Tensor:
     config, accelerator = parts.config, parts.accelerator
     device = accelerator.device
     total = torch.zeros((), device=device)
+    images = torch.zeros((), device=device)
     for _ in range(config.grad_accum):
         batch = parts.stream.next_batch()
         with accelerator.accumulate(parts.unet):
@@ -178,36 +196,50 @@ def optimisation_step(parts: TrainingParts) -> torch.Tensor:
                 labels = drop_labels(batch.class_ids.to(device), parts.vocabulary.null_class,
                                      config.label_dropout, parts.noise_generator)
             noise, timesteps = draw_diffusion_noise(clean, config.num_train_timesteps, parts.noise_generator)
-            loss = per_example_denoising_loss(parts.unet, parts.noise_scheduler, clean, noise, timesteps, labels).mean()
+            losses = per_example_denoising_loss(parts.unet, parts.noise_scheduler, clean, noise, timesteps, labels)
+            loss = losses.mean()
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(parts.unet.parameters(), config.max_grad_norm)
                 parts.optimizer.step()
                 parts.lr_scheduler.step()
                 parts.optimizer.zero_grad(set_to_none=True)
-        total += loss.detach()
+        total += losses.detach().sum()
+        images += len(losses)
     if parts.ema is not None:
         parts.ema.step(parts.base_unet.parameters())
     parts.step += 1
-    return total / config.grad_accum
+    return total, images
 
 
-def build_parts(config: TrainConfig, data: PreparedData, accelerator: Accelerator, vocabulary: LabelVocabulary | None) -> TrainingParts:
-    """Every object of the run, initialised from ``config.seed`` (before any checkpoint is loaded)."""
+def build_parts(config: TrainConfig, data: PreparedData, accelerator: Accelerator, vocabulary: LabelVocabulary | None,
+                privacy: PrivacySettings | None = None) -> TrainingParts:
+    """Every object of the run, initialised from ``config.seed`` (before any checkpoint is loaded).
+
+    With ``privacy`` (a DP run) the optimizer is Opacus' and the data Poisson-sampled records;
+    the ledger is attached after the checkpoint is loaded (:func:`cxrsynth.dp.training.attach_ledger`).
+    """
     set_seed(config.seed, device_specific=True)
     preset = get_preset(config.preset)
     unet = build_unet(preset, data.size, vocabulary.num_class_embeds if vocabulary is not None else None)
-    # DDP broadcasts rank 0's initial weights, so per-process seeds above do not split the model.
     optimizer = build_optimizer(config, unet.to(accelerator.device))
     lr_scheduler = build_lr_scheduler(config, optimizer)
     ema = build_ema(config, unet) if accelerator.is_main_process else None
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    member_rows = data.rows(TRAIN_SPLIT)
-    class_ids = None
-    if vocabulary is not None:
-        class_ids = vocabulary.encode(data.index["labels"].iloc[member_rows].tolist()).numpy()
-    stream = MemberImageStream(data.images, member_rows, class_ids, config.seed, config.batch_size,
-                               accelerator.process_index, accelerator.num_processes)
+    noise_generator = make_noise_generator(config.seed, accelerator.process_index, accelerator.device)
+    if privacy is not None:
+        from cxrsynth.dp.training import make_private
+
+        optimizer, stream = make_private(config, privacy, data, accelerator, unet, optimizer, vocabulary,
+                                         noise_generator)
+    else:
+        # DDP broadcasts rank 0's initial weights, so per-process seeds above do not split the model.
+        unet, optimizer = accelerator.prepare(unet, optimizer)
+        member_rows = data.rows(TRAIN_SPLIT)
+        class_ids = None
+        if vocabulary is not None:
+            class_ids = vocabulary.encode(data.index["labels"].iloc[member_rows].tolist()).numpy()
+        stream = MemberImageStream(data.images, member_rows, class_ids, config.seed, config.batch_size,
+                                   accelerator.process_index, accelerator.num_processes)
     return TrainingParts(
         config=config,
         accelerator=accelerator,
@@ -217,7 +249,7 @@ def build_parts(config: TrainConfig, data: PreparedData, accelerator: Accelerato
         ema=ema,
         noise_scheduler=build_noise_scheduler(config),
         stream=stream,
-        noise_generator=make_noise_generator(config.seed, accelerator.process_index, accelerator.device),
+        noise_generator=noise_generator,
         vocabulary=vocabulary,
     )
 
@@ -244,6 +276,7 @@ class _Window:
 
     def reset(self) -> None:
         self.loss_sum = torch.zeros((), device=self.device)
+        self.images = torch.zeros((), device=self.device)
         self.steps = 0
         self.started = time.perf_counter()
         self.excluded = 0.0
@@ -254,26 +287,35 @@ class _Window:
 
 def _log_step(parts: TrainingParts, window: _Window, log: TrainLog | None, progress: tqdm) -> None:
     accelerator = parts.accelerator
-    loss = accelerator.reduce(window.loss_sum, reduction="mean").item() / max(window.steps, 1)
-    if not math.isfinite(loss):
+    images = accelerator.reduce(window.images, reduction="sum").item()
+    loss_sum = accelerator.reduce(window.loss_sum, reduction="sum").item()
+    seconds = window.seconds()
+    # A DP window may hold no record at all (Poisson sampling): its loss is undefined, not 0.
+    loss = loss_sum / images if images else None
+    if loss is not None and not math.isfinite(loss):
         raise CxrsynthError(
             f"the training loss became {loss} by step {parts.step}",
             "resume from an earlier checkpoint with a lower --lr, a smaller --max-grad-norm, or "
             "--mixed-precision no",
         )
-    images = window.steps * parts.config.batch_size * parts.config.grad_accum * accelerator.num_processes
     record = {
         "step": parts.step,
         "loss": loss,
         "lr": parts.lr_scheduler.get_last_lr()[0],
-        "img_per_s": images / window.seconds(),
+        "img_per_s": images / seconds,
         "epoch": parts.stream.epoch,
     }
+    if parts.privacy is not None:
+        record["epsilon"] = parts.privacy.epsilon()
     if accelerator.is_main_process:
         log.append(record)
-        progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{record['img_per_s']:.1f}")
+        postfix = {"loss": "-" if loss is None else f"{loss:.4f}", "img_s": f"{record['img_per_s']:.1f}"}
+        if "epsilon" in record:
+            postfix["eps"] = f"{record['epsilon']:.3f}"
+        progress.set_postfix(postfix)
     if parts.config.log_with:
-        accelerator.log({key: value for key, value in record.items() if key != "step"}, step=parts.step)
+        accelerator.log({key: value for key, value in record.items() if key != "step" and value is not None},
+                        step=parts.step)
     window.reset()
 
 
@@ -289,6 +331,18 @@ def _side_work(parts: TrainingParts, run_dir: Path, total: int) -> None:
             write_progress_grid(run_dir, step, ema_unet(parts), parts.noise_scheduler, config.progress_sampler,
                                 config.progress_steps, config.progress_images, config.seed, parts.vocabulary)
         accelerator.wait_for_everyone()
+
+
+def _steps_within_budget(parts: TrainingParts, requested: int) -> int:
+    """The steps a DP run may take of ``requested``; says so when the budget cuts the run short."""
+    ledger = parts.privacy
+    allowed = ledger.allowed_steps(requested)
+    if allowed < requested:
+        parts.accelerator.print(
+            f"DP: {requested} steps would spend more than the target ε = {ledger.target_epsilon} "
+            f"(σ = {ledger.noise_multiplier:.4f} was calibrated for {ledger.planned_steps} steps): training stops "
+            f"at step {allowed}. Start a new run with a larger --epsilon to train longer.")
+    return allowed
 
 
 def _tracker_config(config: TrainConfig, facts: RunFacts) -> dict:
@@ -341,9 +395,14 @@ def _release_accelerate_state(accelerator: Accelerator) -> None:
 def _run(config: TrainConfig, run_dir: Path, resume: bool, data: PreparedData,
          vocabulary: LabelVocabulary | None, accelerator: Accelerator) -> Path:
     """The body of :func:`train` once the data is loaded and Accelerate is set up."""
-    parts = build_parts(config, data, accelerator, vocabulary)
+    privacy = None
+    if config.dp:
+        from cxrsynth.dp.training import resolve_privacy
+
+        privacy = resolve_privacy(config, data, TRAIN_SPLIT, accelerator.num_processes)
+    parts = build_parts(config, data, accelerator, vocabulary, privacy)
     facts = describe_run(config, data, accelerator.num_processes, vocabulary,
-                         sum(p.numel() for p in parts.base_unet.parameters()))
+                         sum(p.numel() for p in parts.base_unet.parameters()), privacy)
     check_run_folder(run_dir, config, facts, resume)  # every process: all fail alike, none waits forever
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -358,19 +417,28 @@ def _run(config: TrainConfig, run_dir: Path, resume: bool, data: PreparedData,
         accelerator.print(f"resuming {run_dir} from {checkpoint.name}")
     elif resume:
         accelerator.print(f"{run_dir} has no checkpoint yet: starting from step 0")
+    total = facts.total_steps
+    step_function = optimisation_step
+    if privacy is not None:
+        from cxrsynth.dp.training import attach_ledger, private_optimisation_step
+
+        attach_ledger(parts, config, privacy, total, accelerator.print)
+        step_function = private_optimisation_step
+        total = _steps_within_budget(parts, total)
     log = TrainLog(run_dir) if accelerator.is_main_process else None
     if log is not None:
         log.truncate_after(parts.step)
     if config.log_with:
         accelerator.init_trackers("cxrsynth", config=_tracker_config(config, facts))
 
-    total = facts.total_steps
     progress = tqdm(total=total, initial=min(parts.step, total), desc="train", unit="step", dynamic_ncols=True,
                     disable=not accelerator.is_local_main_process)
     parts.unet.train()
     window = _Window(accelerator.device)
     while parts.step < total:
-        window.loss_sum += optimisation_step(parts)
+        loss_sum, images = step_function(parts)
+        window.loss_sum += loss_sum
+        window.images += images
         window.steps += 1
         progress.update(1)
         if parts.step % config.log_every == 0 or parts.step == total:
@@ -383,5 +451,11 @@ def _run(config: TrainConfig, run_dir: Path, resume: bool, data: PreparedData,
     pipeline_dir = run_dir / PIPELINE_DIR
     if accelerator.is_main_process:
         export_pipeline(run_dir, ema_unet(parts), parts.noise_scheduler, vocabulary)
+        if parts.privacy is not None:
+            from cxrsynth.dp.accounting import write_privacy_report
+
+            report = write_privacy_report(run_dir, parts.privacy, stopped_early=total < facts.total_steps)
+            accelerator.print(f"DP guarantee: ({parts.privacy.epsilon():.3f}, {parts.privacy.delta:.3g})-DP per "
+                              f"{parts.privacy.unit} after {parts.privacy.steps} steps ({report})")
     accelerator.wait_for_everyone()
     return pipeline_dir
