@@ -82,5 +82,5 @@ def test_new_run_needs_data(tmp_path: Path) -> None:
 def test_epochs_become_optimizer_steps_rounded_up() -> None:
     from cxrsynth.train.loop import total_steps
 
-    assert total_steps(TrainConfig(data="/d", epochs=2.5), member_images=12, global_batch_size=8) == 4
-    assert total_steps(TrainConfig(data="/d", max_steps=7), member_images=12, global_batch_size=8) == 7
+    assert total_steps(TrainConfig(data="/d", epochs=2.5), records=12, global_batch_size=8) == 4
+    assert total_steps(TrainConfig(data="/d", max_steps=7), records=12, global_batch_size=8) == 7

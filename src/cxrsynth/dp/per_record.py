@@ -79,7 +79,9 @@ def per_record_gradients(
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         prediction = functional_call(unet, ({**trainable, **frozen}, buffers), (record_noisy, record_timesteps),
                                      {"class_labels": record_labels, "return_dict": False})[0]
-        loss = F.mse_loss(prediction.float(), record_noise.float())
+        # At least float32 (bf16 autocast), never lower than the model's own precision (float64 tests).
+        dtype = torch.promote_types(prediction.dtype, torch.float32)
+        loss = F.mse_loss(prediction.to(dtype), record_noise.to(dtype))
         return loss, loss.detach()
 
     label_dim = None if class_labels is None else 0
