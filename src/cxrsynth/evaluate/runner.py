@@ -103,7 +103,7 @@ from PIL import Image
 
 from cxrsynth.data.prepared import PreparedData, load_prepared
 from cxrsynth.errors import CxrsynthError
-from cxrsynth.evaluate import diversity, frechet, inception, pixel, plots
+from cxrsynth.evaluate import frechet, inception, pixel, plots
 from cxrsynth.evaluate.bootstrap import bootstrap_frechet_interval
 from cxrsynth.evaluate.domain import DEFAULT_STEPS, DOMAIN_FOLDER, DomainClassifier, domain_classifier_for_run
 from cxrsynth.evaluate.utility import UtilityInputs, evaluate_utility, label_matrix_from_texts
@@ -488,6 +488,10 @@ def utility_group(sets: ImageSets, classifier: DomainClassifier, options: Evalua
 
 def diversity_group(sets: ImageSets, options: EvaluateOptions, report: dict) -> None:
     """Fill ``diversity``."""
+    # Imported here: MS-SSIM comes from torchmetrics, whose import (with torchvision) takes seconds,
+    # and the report and demo summary import this module only for its tables.
+    from cxrsynth.evaluate import diversity
+
     n_pairs = min(diversity.DEFAULT_PAIRS, len(sets.synthetic) * (len(sets.synthetic) - 1) // 2)
     synthetic_mean, used = diversity.mean_pairwise_ms_ssim(sets.synthetic, n_pairs, seed=options.seed)
     real_mean, _ = diversity.mean_pairwise_ms_ssim(sets.reference, n_pairs, seed=options.seed)
