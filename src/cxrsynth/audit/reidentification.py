@@ -25,14 +25,17 @@ The network (:class:`PatientVerifier`) is the compact CNN of :mod:`cxrsynth.eval
 64-d embedding head, trained from scratch with a contrastive (NT-Xent) loss over batches of
 same-patient image pairs and random shifts / exposure jitter, at min(64, S)² input — about
 20–40 s on 2 CPU cores with the default 300 steps. For the ``release`` command,
-:func:`score_against_members` links samples to their most similar member patient, and
-:func:`match_patients` does so for any gallery.
+:func:`member_gallery` embeds every member image once (with a network that may be kept from
+some patients, so that a threshold can be calibrated on them) and links samples to their most
+similar member patient; :func:`score_against_members` does both in one call, and
+:func:`match_patients` links samples to any gallery.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Collection
 
 import numpy as np
 
@@ -272,6 +275,86 @@ def match_patients(
     return PatientMatches(patient_ids=gallery_patient_ids[best], similarity=similarity[np.arange(len(samples)), best])
 
 
+@dataclass
+class MemberGallery:
+    """Every member image embedded once by a verification network that never saw a member.
+
+    Attributes:
+        verifier: the trained :class:`PatientVerifier`.
+        embeddings: L2-normalised embeddings of every member image (float32 N×D, rows in sorted order).
+        patient_ids: the patient of each embedded image.
+        train_patients: patients the network was trained on (holdout and test, minus any excluded).
+    """
+
+    verifier: PatientVerifier
+    embeddings: np.ndarray
+    patient_ids: np.ndarray
+    train_patients: list[str]
+
+    def match(self, samples: np.ndarray, chunk: int = 4096) -> PatientMatches:
+        """The most similar member patient of each sample (cosine similarity, ``chunk`` members at a time).
+
+        Args:
+            samples: uint8 M×S×S images.
+            chunk: member embeddings compared per block (bounds memory at M × chunk floats).
+
+        Returns:
+            :class:`PatientMatches` over the member patients.
+        """
+        queries = self.verifier.embed(samples)
+        best = np.full(len(samples), -np.inf)
+        best_patient = np.empty(len(samples), dtype=object)
+        for start in range(0, len(self.embeddings), chunk):
+            similarity = queries @ self.embeddings[start : start + chunk].T
+            position = similarity.argmax(axis=1)
+            value = similarity[np.arange(len(samples)), position]
+            better = value > best
+            best[better] = value[better]
+            best_patient[better] = self.patient_ids[start + position[better]]
+        return PatientMatches(patient_ids=best_patient, similarity=best)
+
+
+def member_gallery(
+    data: PreparedData,
+    seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+    device=None,
+    exclude_patients: Collection[str] = (),
+    chunk: int = 4096,
+    progress: bool = False,
+) -> MemberGallery:
+    """Train the verification network on non-member patients and embed every member image.
+
+    Args:
+        data: the run's prepared data.
+        seed: seed of the network.
+        steps: its training steps.
+        device: where to train and embed.
+        exclude_patients: holdout/test patients kept out of training (e.g. to calibrate a threshold on
+            patients the network never saw).
+        chunk: member images read and embedded per block.
+        progress: show a progress bar while training.
+
+    Returns:
+        The :class:`MemberGallery`.
+
+    Raises:
+        CxrsynthError: when there are no member images or too few non-member patients to train on.
+    """
+    member_rows = np.sort(data.rows("member"))
+    if len(member_rows) == 0:
+        raise CxrsynthError(f"{data.root} has no member images to compare the samples with")
+    excluded = set(exclude_patients)
+    pool = sorted((set(data.patient_rows("holdout")) | set(data.patient_rows("test"))) - excluded)
+    rows, patients = _rows_of(data, pool)
+    config = VerifierConfig(input_size=min(MAX_INPUT_SIZE, data.size), steps=steps, seed=seed)
+    verifier = train_patient_verifier(np.asarray(data.images[rows]), patients, config, device, progress)
+    embeddings = np.concatenate([verifier.embed(np.asarray(data.images[member_rows[start : start + chunk]]))
+                                 for start in range(0, len(member_rows), chunk)])
+    member_patients = data.index["patient_id"].to_numpy()[member_rows]
+    return MemberGallery(verifier=verifier, embeddings=embeddings, patient_ids=member_patients, train_patients=pool)
+
+
 def score_against_members(
     data: PreparedData,
     samples: np.ndarray,
@@ -283,7 +366,7 @@ def score_against_members(
     """The most similar *member* patient of each sample, for deciding what may be released.
 
     Trains the verification network on every ``holdout`` and ``test`` patient (never on members),
-    then compares each sample with every member image (read ``chunk`` images at a time).
+    then compares each sample with every member image (:func:`member_gallery`).
 
     Args:
         data: the run's prepared data.
@@ -300,26 +383,7 @@ def score_against_members(
     Raises:
         CxrsynthError: when there are no member images or too few non-member patients to train on.
     """
-    member_rows = np.sort(data.rows("member"))
-    if len(member_rows) == 0:
-        raise CxrsynthError(f"{data.root} has no member images to compare the samples with")
-    pool = sorted(set(data.patient_rows("holdout")) | set(data.patient_rows("test")))
-    rows, patients = _rows_of(data, pool)
-    config = VerifierConfig(input_size=min(MAX_INPUT_SIZE, data.size), steps=steps, seed=seed)
-    verifier = train_patient_verifier(np.asarray(data.images[rows]), patients, config, device)
-    queries = verifier.embed(samples)
-    member_patients = data.index["patient_id"].to_numpy()[member_rows]
-    best = np.full(len(samples), -np.inf)
-    best_patient = np.empty(len(samples), dtype=object)
-    for start in range(0, len(member_rows), chunk):
-        block = member_rows[start : start + chunk]
-        similarity = queries @ verifier.embed(np.asarray(data.images[block])).T
-        position = similarity.argmax(axis=1)
-        value = similarity[np.arange(len(samples)), position]
-        better = value > best
-        best[better] = value[better]
-        best_patient[better] = member_patients[start + position[better]]
-    return PatientMatches(patient_ids=best_patient, similarity=best)
+    return member_gallery(data, seed=seed, steps=steps, device=device, chunk=chunk).match(samples, chunk)
 
 
 @dataclass(frozen=True)
