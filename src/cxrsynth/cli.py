@@ -35,7 +35,8 @@ def _register_optional_stages() -> None:
     """Attach the stages whose modules exist; each module registers its own commands."""
     import importlib
 
-    for module_name in ("cxrsynth.cli_train", "cxrsynth.cli_sample", "cxrsynth.cli_evaluate", "cxrsynth.cli_audit", "cxrsynth.cli_demo"):
+    for module_name in ("cxrsynth.cli_train", "cxrsynth.cli_sample", "cxrsynth.cli_evaluate", "cxrsynth.cli_audit",
+                        "cxrsynth.cli_report", "cxrsynth.cli_release", "cxrsynth.cli_demo"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:

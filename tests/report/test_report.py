@@ -1,0 +1,221 @@
+"""`cxrsynth report` on a real tiny run: well-formed, self-contained HTML with every section, "not run" where due."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from cxrsynth.cli import main
+from cxrsynth.errors import CxrsynthError
+from cxrsynth.report.html import SECTION_IDS
+from cxrsynth.report.runner import ReportOptions, write_report
+from tests.factories import make_prepared_folder
+from tests.tiny_run import copy_run
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class PageParser(HTMLParser):
+    """Collects what the assertions need and checks that every element is closed in order."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.ids: list[str] = []
+        self.images: list[str] = []
+        self.references: list[str] = []
+        self.tags: set[str] = set()
+        self.section_text: dict[str, list[str]] = {}
+        self._sections: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        self.tags.add(tag)
+        if "id" in values:
+            self.ids.append(values["id"] or "")
+        if tag == "img":
+            self.images.append(values.get("src") or "")
+        for name in ("src", "href", "action", "srcset", "data"):
+            if values.get(name):
+                self.references.append(values[name] or "")
+        if tag not in VOID:
+            self.stack.append(tag)
+            if tag == "section":
+                self._sections.append(values.get("id") or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1] if self.stack else 'nothing'}")
+            return
+        self.stack.pop()
+        if tag == "section":
+            self._sections.pop()
+
+    def handle_data(self, data: str) -> None:
+        for section_id in self._sections:  # text counts for the section and every section around it
+            self.section_text.setdefault(section_id, []).append(data)
+
+    def text(self, section_id: str) -> str:
+        return " ".join(" ".join(self.section_text.get(section_id, [])).split())
+
+
+def parse(path: Path) -> PageParser:
+    parser = PageParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    parser.close()
+    assert not parser.errors and not parser.stack, (parser.errors, parser.stack)
+    return parser
+
+
+def assert_self_contained(page: PageParser, raw: str) -> None:
+    assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert all(ref.startswith(("data:", "#")) for ref in page.references), page.references
+    assert not {"script", "link", "iframe", "object", "embed"} & page.tags
+    assert "http://" not in raw and "https://" not in raw and "url(" not in raw
+
+
+def test_report_of_a_complete_run_has_every_section_and_embeds_its_images(tiny_run: Path, tmp_path: Path) -> None:
+    run = copy_run(tiny_run, tmp_path / "run")
+    result = write_report(run)
+    assert result.html == run / "report.html" and result.model_card == run / "MODEL_CARD.md"
+    raw = result.html.read_text(encoding="utf-8")
+    page = parse(result.html)
+    assert set(SECTION_IDS) <= set(page.ids) and len(page.ids) == len(set(page.ids))
+    assert_self_contained(page, raw)
+    # training curve, synthetic grid, real grid, eval plots, ROC and memorization figures
+    assert len(page.images) >= 6
+    assert "not run" not in page.text("pipeline") and raw.count('class="status-done"') == 5
+    summary = page.text("summary")
+    for expected in ("member", "holdout", "test", "patients", "tiny", "8 / 8", "training time"):
+        assert expected in summary
+    assert "Not trained with differential privacy" in page.text("dp")
+    assert "loss" in page.text("audit") and "AUC" in page.text("audit")
+    assert "Realistic?" in page.text("verdict") and "Safe to share?" in page.text("verdict")
+    assert "You cannot claim" in page.text("verdict")
+    assert "real patient images" in raw  # the confidentiality warning comes with real images
+    card = result.model_card.read_text(encoding="utf-8")
+    for heading in ("## Model details", "## Intended use", "## Training data", "## Evaluation", "## Privacy",
+                    "## Verdict", "## Limitations", "## How to use"):
+        assert heading in card
+    assert "data:image" not in card and "<img" not in card
+
+
+def test_stages_that_did_not_run_are_shown_as_not_run_with_their_command(tiny_run: Path, tmp_path: Path) -> None:
+    run = copy_run(tiny_run, tmp_path / "run")
+    for folder in ("eval", "audit", "samples"):
+        shutil.rmtree(run / folder)
+    write_report(run)
+    page = parse(run / "report.html")
+    assert set(SECTION_IDS) <= set(page.ids)
+    for section_id, command in (("images", "cxrsynth sample --run"), ("fidelity", "cxrsynth evaluate --run"),
+                                ("utility", "cxrsynth evaluate --run"), ("audit", "cxrsynth audit --run"),
+                                ("roc", "cxrsynth audit --run"), ("memorization", "cxrsynth audit --run"),
+                                ("reidentification", "cxrsynth audit --run")):
+        text = page.text(section_id)
+        assert "Not run" in text and command in text, (section_id, text)
+    assert (run / "report.html").read_text().count('class="status-missing"') == 3
+    verdict = page.text("verdict")
+    assert verdict.count("not measured") >= 3
+    assert_self_contained(page, (run / "report.html").read_text())  # the training curve and real grid remain
+
+
+def test_an_unfinished_run_with_only_its_config_gets_a_report(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_run / "config.yaml", run / "config.yaml")
+    write_report(run)
+    page = parse(run / "report.html")
+    assert set(SECTION_IDS) <= set(page.ids)
+    assert "cxrsynth train --run" in page.text("pipeline") and "--resume" in page.text("pipeline")
+    assert "Not run" in page.text("training")
+
+
+def test_a_dp_run_shows_its_guarantee_and_the_epsilon_curve(tmp_path: Path) -> None:
+    """A real (4-step) DP training run: the report reads the privacy.json and ε log that DP training writes."""
+    from cxrsynth.config import TrainConfig
+    from cxrsynth.train import train
+
+    data = make_prepared_folder(tmp_path / "data", n_patients=24, images_per_patient=2, size=32)
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(data), preset="tiny", max_steps=4, batch_size=4, lr=1e-3, warmup_steps=1, dp=True,
+                      epsilon=8.0, checkpoint_every=4, keep_checkpoints=1, progress_every=0, log_every=2), run)
+    privacy = json.loads((run / "privacy.json").read_text())
+    result = write_report(run)
+    page = parse(result.html)
+    dp = page.text("dp")
+    for expected in (f"ε = {privacy['epsilon']:.3g}", f"δ = {privacy['delta']:.3g}", "per patient", "PRV accountant",
+                     f"noise multiplier {privacy['noise_multiplier']:g}", f"steps {privacy['steps']}", "mechanism"):
+        assert expected in dp, (expected, dp)
+    assert "Not trained with differential privacy" not in page.text("privacy")
+    assert "ε spent" in page.text("training")  # the ε-against-step panel of the training curve
+    assert result.verdict.answer("privacy").short == "bounded by DP, not audited"
+    assert "Not run" in page.text("audit") and "cxrsynth audit --run" in page.text("audit")
+    assert f"ε = {privacy['epsilon']:.3g}" in result.model_card.read_text()
+    assert any(label == "DP guarantee" for label, _ in result.verdict.key_numbers)
+
+
+def test_no_real_images_leaves_out_the_real_grid_and_the_training_pairs(tiny_run: Path, tmp_path: Path) -> None:
+    run = copy_run(tiny_run, tmp_path / "run")
+    write_report(run, ReportOptions(include_real_images=False))
+    page = parse(run / "report.html")
+    alts = (run / "report.html").read_text()
+    assert 'alt="real images"' not in alts and 'alt="closest synthetic and training image pairs"' not in alts
+    assert "--no-real-images" in page.text("images") and "--no-real-images" in page.text("memorization")
+    assert "real patient images" not in alts
+
+
+def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    with pytest.raises(CxrsynthError, match="not a run folder"):
+        write_report(tmp_path)
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_cli_prints_the_verdict_and_the_report_path(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = copy_run(tiny_run, tmp_path / "run")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--run", str(run)])
+    assert exit_info.value.code == 0
+    output = capsys.readouterr().out
+    assert "Realistic?" in output and str(run / "report.html") in output
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--run", str(tmp_path / "missing")])
+    assert exit_info.value.code == 2
+
+
+def test_importing_the_commands_loads_no_heavy_library() -> None:
+    code = ("import sys, cxrsynth.cli_report, cxrsynth.cli_release; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'sklearn', 'matplotlib') if m in sys.modules))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "[]"
+
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+def _chromium() -> str | None:
+    return next((path for path in map(shutil.which, CHROMIUM_NAMES) if path), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason=f"no headless Chromium installed (looked for {', '.join(CHROMIUM_NAMES)})")
+def test_report_renders_in_headless_chromium(tiny_run: Path, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    write_report(run)
+    screenshot = tmp_path / "report.png"
+    subprocess.run([_chromium(), "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
+                    f"--screenshot={screenshot}", "--window-size=1200,3000", (run / "report.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    with Image.open(screenshot) as image:
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.shape[0] > 1000 and pixels.std() > 10  # a rendered page, not a blank one
