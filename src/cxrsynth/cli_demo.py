@@ -13,9 +13,10 @@ def demo_command(
         False, "--quick", help="A small, fast run (under 3 minutes on 2 CPU cores) that checks the plumbing, not the quality."
     ),
 ) -> None:
-    """Run phantom → prepare → train → sample → evaluate → audit on the built-in phantom dataset.
+    """Run phantom → prepare → train → sample → evaluate → audit → report on the built-in phantom dataset.
 
-    The default plan takes about 15 minutes on 2 CPU cores; re-running resumes from what exists.
+    The default plan takes about 15 minutes on 2 CPU cores; re-running resumes from what exists. The end
+    prints the key numbers, the verdict and the path of RUN/report.html.
     """
     from rich.console import Console
 
@@ -32,6 +33,15 @@ def demo_command(
         console.print(results_table(result.fidelity))
     if result.audit is not None:
         console.print(f"audit verdict: {result.audit.get('verdict')}")
+    if result.report is not None:
+        verdict = result.report.verdict
+        console.print("\n[bold]key numbers[/]")
+        for label, value in verdict.key_numbers:
+            console.print(f"  {label}: {value}", highlight=False)
+        console.print(f"[bold]verdict:[/] {verdict.headline}", highlight=False)
+        # soft_wrap: a path cut across lines cannot be copied (or found by a script reading the output).
+        console.print(f"[bold]report:[/] {result.report.html}  (open it in a browser; model card: "
+                      f"{result.report.model_card})", highlight=False, soft_wrap=True)
     console.print(f"run folder: {result.run}")
 
 

@@ -1,14 +1,16 @@
 """``cxrsynth demo``: the whole pipeline on the built-in phantom, with sensible CPU defaults.
 
-phantom → prepare → train → sample → evaluate → audit, each stage through its public Python
-function, into one folder::
+phantom → prepare → train → sample → evaluate → audit → report, each stage through its public
+Python function, into one folder::
 
     DIR/phantom/   the phantom dataset (NIH layout)
     DIR/data/      the prepared-data folder
-    DIR/run/       the run folder (config.yaml, checkpoints/, pipeline/, samples/, eval/, audit/)
+    DIR/run/       the run folder (config.yaml, checkpoints/, pipeline/, samples/, eval/, audit/,
+                   report.html, MODEL_CARD.md)
 
 Re-running resumes: a stage whose output is complete is skipped, an interrupted training run
-continues from its newest checkpoint, and sampling skips images already written.
+continues from its newest checkpoint, and sampling skips images already written. The report is
+rewritten every time (it takes seconds and shows whatever the run holds).
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class DemoResult:
         stage_seconds: seconds per stage (0 for a stage skipped because it was complete).
         fidelity: ``eval/fidelity.json`` (None when the stage did not run).
         audit: ``audit/audit.json`` (None when the stage did not run).
+        report: what the report stage wrote (a :class:`cxrsynth.report.runner.ReportResult`), or None.
     """
 
     out: Path
@@ -141,6 +144,7 @@ class DemoResult:
     stage_seconds: dict[str, float]
     fidelity: dict | None
     audit: dict | None
+    report: object | None = None
 
 
 def _stage_phantom(out: Path, plan: DemoPlan, log: Log) -> None:
@@ -243,9 +247,18 @@ def _stage_audit(out: Path, plan: DemoPlan, log: Log) -> None:
     audit_run(out / "run", options, log=log)
 
 
-def available_stages() -> list[tuple[str, Callable[[Path, DemoPlan, Log], None]]]:
+def _stage_report(out: Path, plan: DemoPlan, log: Log):
+    """Write report.html and MODEL_CARD.md; returns the ReportResult (its verdict feeds the demo's summary)."""
+    from cxrsynth.report.runner import write_report
+
+    result = write_report(out / "run", log=log)
+    log(f"report: {result.html}")
+    return result
+
+
+def available_stages() -> list[tuple[str, Callable[[Path, DemoPlan, Log], object]]]:
     """The demo's stages in pipeline order, limited to those this installation has."""
-    stages: list[tuple[str, Callable[[Path, DemoPlan, Log], None]]] = [
+    stages: list[tuple[str, Callable[[Path, DemoPlan, Log], object]]] = [
         ("phantom", _stage_phantom),
         ("prepare", _stage_prepare),
         ("train", _stage_train),
@@ -258,6 +271,7 @@ def available_stages() -> list[tuple[str, Callable[[Path, DemoPlan, Log], None]]
         has_audit = False
     if has_audit:
         stages.append(("audit", _stage_audit))
+    stages.append(("report", _stage_report))
     return stages
 
 
@@ -296,10 +310,11 @@ def run_demo(out: str | Path = "demo", quick: bool = False, log: Log = print, pl
         )
     plan_file.write_text(json.dumps(wanted, indent=2) + "\n")
     seconds: dict[str, float] = {}
+    outputs: dict[str, object] = {}
     for name, stage in available_stages():
         log(f"── {name} ──")
         start = time.perf_counter()
-        stage(root, chosen, log)
+        outputs[name] = stage(root, chosen, log)
         seconds[name] = round(time.perf_counter() - start, 1)
     run = root / "run"
     return DemoResult(
@@ -308,4 +323,5 @@ def run_demo(out: str | Path = "demo", quick: bool = False, log: Log = print, pl
         stage_seconds=seconds,
         fidelity=_read_json(run / "eval" / "fidelity.json"),
         audit=_read_json(run / "audit" / "audit.json"),
+        report=outputs.get("report"),
     )
