@@ -110,3 +110,10 @@ def test_utility_levels_and_an_unconditional_run() -> None:
     assert utility_answer(fidelity(1, (1, 1), utility=useless_test), True, "r", "c").level == "unknown"
     unconditional = utility_answer(fidelity(1, (1, 1), skipped="unconditional run"), False, "r", "c")
     assert unconditional.short == "not measured" and "--conditional" in text(unconditional.next_steps)
+
+
+def test_a_privacy_json_without_a_valid_epsilon_is_no_guarantee() -> None:
+    answer = privacy_answer(audit(), {"unit": "patient"}, "cxrsynth audit --run r")
+    assert answer.level == "caution" and "cannot be stated" in text(answer.evidence)
+    assert any("never show their absence" in claim for claim in answer.cannot_claim)
+    assert privacy_answer(None, {"unit": "patient"}, "c").short == "not measured"

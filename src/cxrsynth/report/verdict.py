@@ -466,9 +466,10 @@ def privacy_answer(audit: dict | None, privacy: dict | None, command: str) -> An
     """Answer "Safe to share?" from ``audit.json`` and ``privacy.json`` (either may be None)."""
     question = "Safe to share?"
     statement, caveats = dp_guarantee(privacy)
-    dp = privacy is not None
+    # Only a stated guarantee changes what may be claimed: an unreadable privacy.json counts as none.
+    epsilon = _float(privacy.get("epsilon")) if privacy is not None and _float(privacy.get("delta")) is not None else None
     if audit is None:
-        if dp:
+        if epsilon is not None:
             return Answer("privacy", question, "bounded by DP, not audited", "caution", (statement, *caveats),
                           (statement,), ("that the implementation delivers the guarantee: no audit checked it.",),
                           (f"Run `{command}`.",))
@@ -476,9 +477,8 @@ def privacy_answer(audit: dict | None, privacy: dict | None, command: str) -> An
                              "guarantee", command)
     leaks = _leaks(audit)
     evidence = [*_attack_evidence(audit), *_image_evidence(audit), statement, *caveats]
-    can, cannot, steps = _privacy_claims(audit, leaks, dp)
+    can, cannot, steps = _privacy_claims(audit, leaks, epsilon is not None)
     eps_bound = (audit["summary"].get("worst_eps_lower_bound") or {}).get("value") or 0.0
-    epsilon = _float(privacy.get("epsilon")) if dp else None
     if epsilon is not None:
         can.insert(0, statement)
         if eps_bound > epsilon:
@@ -487,7 +487,7 @@ def privacy_answer(audit: dict | None, privacy: dict | None, command: str) -> An
                           "until explained.")
     if audit["summary"]["leak_detected"]:
         return Answer("privacy", question, "leak detected", "bad", tuple(evidence), tuple(can), tuple(cannot), tuple(steps))
-    if dp and epsilon is not None:
+    if epsilon is not None:
         return Answer("privacy", question, f"DP-bounded (ε = {epsilon:.3g}), no leak detected", "good",
                       tuple(evidence), tuple(can), tuple(cannot), tuple(steps))
     return Answer("privacy", question, "no leak detected (not proven)", "caution", tuple(evidence), tuple(can),
