@@ -119,7 +119,7 @@ def write_report(run: str | Path, options: ReportOptions | None = None, log: Log
     log(f"reading {run}")
     contents = collect_run(run, options.data, options.samples)
     for name, status in contents.stages.items():
-        log(f"{name}: {'done' if status.done else 'not run'} — {status.summary}")
+        log(f"{name}: done — {status.summary}" if status.done else f"{name}: {status.summary}")
     verdict = build_verdict(contents)
     log("drawing figures")
     images = gather_images(contents, options)
