@@ -31,3 +31,11 @@ def one_thread() -> Iterator[None]:
     with threadpool_limits(limits=1):
         yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder with config, log, pipeline, samples, eval/ and audit/ (read only: copy it to change it)."""
+    from tests.tiny_run import shared_tiny_run
+
+    return shared_tiny_run(tmp_path_factory)

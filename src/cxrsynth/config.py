@@ -218,6 +218,8 @@ class RunFacts:
         versions: versions of cxrsynth, torch, diffusers and accelerate used.
         privacy_unit: DP runs: ``patient`` or ``image``, the unit the guarantee protects ("" otherwise).
         privacy_units: DP runs: number of privacy units (records) in the member split (0 otherwise).
+        hardware: the training device of the last (re)start, e.g. ``cpu (2 cores)`` or
+            ``cuda: NVIDIA H200`` ("" in runs written before it was recorded).
     """
 
     image_size: int
@@ -233,6 +235,7 @@ class RunFacts:
     versions: dict[str, str] = field(default_factory=dict)
     privacy_unit: str = ""
     privacy_units: int = 0
+    hardware: str = ""
 
 
 RESUME_MUTABLE_SETTINGS: frozenset[str] = frozenset(

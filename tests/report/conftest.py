@@ -1,14 +1,11 @@
-"""Fixtures of the report tests: one tiny real run through every stage, shared with the release tests."""
+"""Fixtures of the report tests: one tiny real run through every stage, the shared tiny run is the root conftest's ``tiny_run``."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 from accelerate.state import AcceleratorState
-
-from tests.tiny_run import shared_tiny_run
 
 
 @pytest.fixture(autouse=True)
@@ -17,8 +14,3 @@ def _one_thread(one_thread: None) -> Iterator[None]:
     yield
     AcceleratorState._reset_state(reset_partial_state=True)  # sampling pins accelerate's process state
 
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder with config, log, pipeline, samples, eval/ and audit/ (read only: copy it to change it)."""
-    return shared_tiny_run(tmp_path_factory)

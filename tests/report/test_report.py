@@ -95,7 +95,7 @@ def test_report_of_a_complete_run_has_every_section_and_embeds_its_images(tiny_r
     assert len(page.images) >= 6
     assert "not run" not in page.text("pipeline") and raw.count('class="status-done"') == 5
     summary = page.text("summary")
-    for expected in ("member", "holdout", "test", "patients", "tiny", "8 / 8", "training time"):
+    for expected in ("member", "holdout", "test", "patients", "tiny", "8 / 8", "training time", "cpu ("):
         assert expected in summary
     assert "Not trained with differential privacy" in page.text("dp")
     assert "loss" in page.text("audit") and "AUC" in page.text("audit")

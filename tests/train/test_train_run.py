@@ -46,6 +46,7 @@ def test_config_yaml_records_every_setting_and_the_resolved_facts(trained_run) -
     assert (facts.image_size, facts.channels, facts.member_images, facts.member_patients) == (32, 1, 12, 6)
     assert (facts.total_steps, facts.global_batch_size, facts.num_processes) == (STEPS, 4, 1)
     assert facts.unet_parameters == 1_112_801 and facts.label_sets == 0
+    assert facts.hardware.startswith("cpu (") and facts.hardware.endswith(" cores)")
 
 
 @pytest.mark.slow

@@ -231,6 +231,8 @@ def _hardware(contents) -> str:
     text = f"{facts.num_processes} training process(es), mixed precision {config.mixed_precision if config else '?'}"
     if contents.audit is not None:
         text += f"; audit on {contents.audit.get('settings', {}).get('device', '?')}"
+    if facts.hardware:
+        return f"{facts.hardware}; " + text
     return text + " (the training device itself is not recorded in the run folder)"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -93,9 +94,16 @@ def total_steps(config: TrainConfig, records: int, global_batch_size: int) -> in
     return max(1, math.ceil(config.epochs * records / global_batch_size))
 
 
+def describe_device(device: torch.device) -> str:
+    """A short description of the training device: ``cuda: <GPU name>`` or ``cpu (<n> cores)``."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"{device.type} ({os.cpu_count()} cores)"
+
+
 def describe_run(config: TrainConfig, data: PreparedData, num_processes: int,
                  vocabulary: LabelVocabulary | None, unet_parameters: int,
-                 privacy: PrivacySettings | None = None) -> RunFacts:
+                 privacy: PrivacySettings | None = None, device: torch.device | None = None) -> RunFacts:
     """The :class:`RunFacts` of ``config`` on ``data`` with ``num_processes`` processes (DP: ``privacy``)."""
     members = data.index.loc[data.index["split"] == TRAIN_SPLIT]
     global_batch = config.batch_size * config.grad_accum * num_processes
@@ -116,6 +124,7 @@ def describe_run(config: TrainConfig, data: PreparedData, num_processes: int,
         versions=_package_versions(),
         privacy_unit=privacy.unit if privacy is not None else "",
         privacy_units=records if privacy is not None else 0,
+        hardware=describe_device(device) if device is not None else "",
     )
 
 
@@ -402,7 +411,7 @@ def _run(config: TrainConfig, run_dir: Path, resume: bool, data: PreparedData,
         privacy = resolve_privacy(config, data, TRAIN_SPLIT, accelerator.num_processes)
     parts = build_parts(config, data, accelerator, vocabulary, privacy)
     facts = describe_run(config, data, accelerator.num_processes, vocabulary,
-                         sum(p.numel() for p in parts.base_unet.parameters()), privacy)
+                         sum(p.numel() for p in parts.base_unet.parameters()), privacy, accelerator.device)
     check_run_folder(run_dir, config, facts, resume)  # every process: all fail alike, none waits forever
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
