@@ -519,7 +519,7 @@ def _key_numbers(fidelity: dict | None, audit: dict | None, privacy: dict | None
         if audit.get("memorization"):
             memorization = audit["memorization"]
             numbers.append(("near-copies", f"{memorization['n_flagged']} of {memorization['n_synthetic']}"))
-    if privacy is not None and _float(privacy.get("epsilon")) is not None:
+    if privacy is not None and _float(privacy.get("epsilon")) is not None and _float(privacy.get("delta")) is not None:
         numbers.append(("DP guarantee", f"ε = {float(privacy['epsilon']):.3g}, δ = {float(privacy['delta']):.3g} per "
                                         f"{privacy.get('unit', 'record')}"))
     return tuple(numbers)
