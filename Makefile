@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) bench/sample.py
 	$(PY) bench/evaluate.py
 	$(PY) bench/audit.py
+	$(PY) bench/dp.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
