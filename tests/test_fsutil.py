@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,15 @@ def test_atomic_write_json_is_strict_and_leaves_no_temp(tmp_path: Path) -> None:
     assert not (tmp_path / "nan.json").exists()
     atomic_write_text(tmp_path / "x" / "a.json", "replaced")
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["a.json"]
+
+
+def test_outputs_get_the_permissions_of_plain_files_and_folders(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        written = atomic_write_text(tmp_path / "report.html", "<p>shared</p>")
+        with atomic_directory(tmp_path / "release") as folder:
+            (folder / "a.png").write_bytes(b"x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(written.stat().st_mode) == 0o644, "not private like mkstemp's 0600: it is meant to be shared"
+    assert stat.S_IMODE((tmp_path / "release").stat().st_mode) == 0o755

@@ -27,6 +27,21 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _plain_mode(path: Path, directory: bool) -> None:
+    """Give ``path`` the permissions a plain ``open``/``mkdir`` would (mkstemp/mkdtemp make it private).
+
+    Outputs are meant to be read by others (a release for sharing, a report for an ethics board);
+    the process umask still decides, as for any other file the user creates.
+    """
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename).
 
@@ -45,6 +60,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        _plain_mode(Path(tmp_name), directory=False)
         os.replace(tmp_name, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -102,6 +118,7 @@ def atomic_directory(target: str | os.PathLike[str], overwrite: bool = False) ->
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
     try:
+        _plain_mode(tmp, directory=True)
         yield tmp
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
