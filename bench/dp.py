@@ -15,16 +15,14 @@ work per image as non-DP: the cost of DP itself) and the chosen K.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from train import _synchronise, write_bench_data  # bench/train.py, beside this script
+from train import _synchronise, configure_device, write_bench_data  # bench/train.py, beside this script
 
 
 class Loop:
@@ -70,12 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per loop first")
     args = parser.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cpu":
-        os.environ["ACCELERATE_USE_CPU"] = "true"
-    elif not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device")
+    configure_device(args.device, args.threads)
 
     from cxrsynth.config import TrainConfig
     from cxrsynth.data.prepared import load_prepared

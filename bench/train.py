@@ -133,6 +133,16 @@ class DiffusersExampleLoop:
             loss.detach().item()
 
 
+def configure_device(device: str, threads: int) -> None:
+    """Set torch's CPU threads (0: leave torch's default) and make Accelerate use ``device``; exits without CUDA."""
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+    elif not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device")
+
+
 def _synchronise(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -153,12 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per loop first")
     args = parser.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cpu":
-        os.environ["ACCELERATE_USE_CPU"] = "true"
-    elif not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device")
+    configure_device(args.device, args.threads)
     if args.compile:
         os.environ["ACCELERATE_DYNAMO_BACKEND"] = "INDUCTOR"
 
