@@ -99,9 +99,10 @@ DEFAULT_PLAN = DemoPlan(
     audit_members=None,
     reid_steps=300,
 )
-"""Aimed at about 15 minutes on 2 idle CPU cores. Measured 2026-11-27 with 1,200 steps and DPM-Solver-20: 18.8 min
-(training 974 s at ≈40 img/s, sampling 79 s, evaluate 12 s, audit 46 s), hence 900 steps. DDIM-25 because this
-short-trained model gave saturated or speckled images with DPM-Solver (a few even with x0 thresholding)."""
+"""Aimed at about 15 minutes on 2 CPU cores. Measured 2026-11-27: with 1,200 steps and DPM-Solver-20, 18.8 min
+(training 974 s at ≈40 img/s) and half the samples broken; with these settings 16.6 min (train 808 s, of which
+about a minute slowed by another job; sample 107 s, evaluate 12 s, audit 47 s), FD 3.9 (26.1 before), utility
+ratio 0.91. DDIM-25 because this short-trained model gave saturated or speckled images with DPM-Solver."""
 
 QUICK_PLAN = DemoPlan(
     patients=60,
