@@ -29,6 +29,8 @@ from cxrsynth.fsutil import atomic_write_text
 from cxrsynth.model.presets import PRESETS
 
 CONFIG_FILE = "config.yaml"
+PRIVACY_FILE = "privacy.json"
+"""The DP guarantee of a run (``RUN/privacy.json``): written by DP training, read by audit and report."""
 CONFIG_FORMAT = 1
 MIXED_PRECISION_CHOICES: tuple[str, ...] = ("no", "bf16", "fp16")
 LOG_WITH_CHOICES: tuple[str, ...] = ("tensorboard",)

@@ -127,6 +127,7 @@ from cxrsynth.audit.registry import (
     get_attack,
     registered_attacks,
 )
+from cxrsynth.config import PRIVACY_FILE
 from cxrsynth.data.prepared import PreparedData
 from cxrsynth.errors import CxrsynthError
 from cxrsynth.fsutil import atomic_directory, atomic_write_json, atomic_write_text
@@ -137,7 +138,6 @@ REPORT_FORMAT = 1
 DEFAULT_MAX_MEMBERS = 1000
 MIN_PER_GROUP = 4
 """Audited patients per group needed for two per half."""
-PRIVACY_FILE = "privacy.json"
 REID_SIGNIFICANCE = 0.05
 
 Log = Callable[[str], None]

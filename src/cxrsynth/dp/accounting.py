@@ -21,10 +21,10 @@ from opacus.accountants import IAccountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.accountants.registry import create_accountant
 
+from cxrsynth.config import PRIVACY_FILE
 from cxrsynth.errors import CxrsynthError
 from cxrsynth.fsutil import atomic_write_json
 
-PRIVACY_FILE = "privacy.json"
 EPSILON_TOLERANCE = 0.01
 """σ is calibrated so that the planned run spends between target − 0.01 and target."""
 
@@ -199,8 +199,8 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def write_privacy_report(run_dir: str | Path, ledger: PrivacyLedger, stopped_early: bool) -> Path:
-    """Write ``RUN/privacy.json`` atomically; returns its path.
+def write_privacy_report(run_dir: str | Path, ledger: PrivacyLedger, stopped_early: bool) -> dict[str, Any]:
+    """Write ``RUN/privacy.json`` atomically; returns what it wrote.
 
     Keys: ``epsilon`` (ε spent, the accountant's upper bound), ``delta``, ``target_epsilon``,
     ``unit`` (``patient`` or ``image``), ``privacy_units``, ``accountant`` (``prv``/``rdp``),
@@ -208,4 +208,6 @@ def write_privacy_report(run_dir: str | Path, ledger: PrivacyLedger, stopped_ear
     ``steps`` (taken), ``planned_steps``, ``noise_multiplicity`` (K), ``stopped_early`` (the run
     stopped before its requested steps to stay within ``target_epsilon``), ``mechanism``, ``noise_rng``.
     """
-    return atomic_write_json(Path(run_dir) / PRIVACY_FILE, ledger.report(stopped_early))
+    report = ledger.report(stopped_early)
+    atomic_write_json(Path(run_dir) / PRIVACY_FILE, report)
+    return report

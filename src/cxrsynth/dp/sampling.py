@@ -118,20 +118,14 @@ class PoissonRecordStream:
         """Expected passes over the records so far (steps × q)."""
         return self.step * self.sample_rate
 
-    def _draw(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """Step ``step``'s inclusion mask over all records and each record's image choice."""
+    def image_rows(self, step: int) -> np.ndarray:
+        """This process's image rows of step ``step``: one random image of each of its sampled records.
+
+        Every process draws the same inclusion mask over all records (and image choices), then keeps its own.
+        """
         rng = np.random.default_rng([self.seed, POISSON_STREAM, int(step)])
         included = rng.random(len(self.records)) < self.sample_rate
         choice = (rng.random(len(self.records)) * self._counts).astype(np.int64)
-        return included, choice
-
-    def sampled_records(self, step: int) -> np.ndarray:
-        """Indices of all records (every process's) included in step ``step``."""
-        return np.flatnonzero(self._draw(step)[0])
-
-    def image_rows(self, step: int) -> np.ndarray:
-        """This process's image rows of step ``step``: one random image of each of its sampled records."""
-        included, choice = self._draw(step)
         selected = np.flatnonzero(included & self._mine)
         return np.array([self.records.image_rows[j][choice[j]] for j in selected], dtype=np.int64)
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxrsynth.config import PRIVACY_FILE
 from cxrsynth.errors import CxrsynthError
 
 STAGES: tuple[str, ...] = ("data", "train", "sample", "evaluate", "audit")
 """Pipeline stages whose outputs a report shows, in order."""
 
-PRIVACY_FILE = "privacy.json"
 FIDELITY_PATH = Path("eval") / "fidelity.json"
 AUDIT_PATH = Path("audit") / "audit.json"
 SAMPLES_FOLDER = "samples"
