@@ -153,7 +153,7 @@ def train_patient_verifier(
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    from cxrsynth.evaluate.domain import CompactCxrNet
+    from cxrsynth.evaluate.domain import CompactCxrNet, final_loss, optimisation_step
 
     groups = _multi_image_patients(np.asarray(patient_index))
     if len(groups) < MIN_TRAIN_PATIENTS:
@@ -181,17 +181,12 @@ def train_patient_verifier(
         embeddings = F.normalize(net(inputs), dim=1)
         logits = (embeddings @ embeddings.T / config.temperature).masked_fill(self_mask, float("-inf"))
         loss = F.cross_entropy(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
+        losses.append(optimisation_step(loss, optimizer, schedule))
     net.eval()
-    tail = max(1, len(losses) // 10)
     info = {
         "n_train_patients": len(groups),
         "seconds": round(time.perf_counter() - started, 2),
-        "final_loss": float(np.mean(losses[-tail:])),
+        "final_loss": final_loss(losses),
     }
     return PatientVerifier(net=net, config=config, info=info)
 

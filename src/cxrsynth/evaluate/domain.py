@@ -392,19 +392,30 @@ def train_classifier(
             turns = rng.integers(0, 4, size=len(batch))
             inputs = torch.stack([torch.rot90(image, int(k), dims=(1, 2)) for image, k in zip(inputs, turns)])
             loss = F.cross_entropy(net(inputs), torch.from_numpy(turns).to(torch_device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
+        losses.append(optimisation_step(loss, optimizer, schedule))
     net.eval()
-    tail = max(1, len(losses) // 10)
     info = {
         "n_train": int(len(selected)),
         "seconds": round(time.perf_counter() - started, 2),
-        "final_loss": float(np.mean(losses[-tail:])),
+        "final_loss": final_loss(losses),
     }
     return DomainClassifier(net=net, config=config, info=info)
+
+
+def optimisation_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                      schedule: torch.optim.lr_scheduler.LRScheduler) -> float:
+    """Backpropagate ``loss``, step ``optimizer`` and ``schedule``; returns the loss as a float (for the log)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    return float(loss.detach())
+
+
+def final_loss(losses: list[float]) -> float:
+    """The mean loss over the last tenth of training (at least one step): the figure a network reports."""
+    tail = max(1, len(losses) // 10)
+    return float(np.mean(losses[-tail:]))
 
 
 def choose_task(label_names: list[str] | tuple[str, ...], labels: np.ndarray) -> str:
