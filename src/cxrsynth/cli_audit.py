@@ -21,8 +21,14 @@ ATTACKS_HELP = (
 )
 
 
+audit_app = typer.Typer(no_args_is_help=False)
+
+
+@audit_app.callback(invoke_without_command=True)
 def audit_command(
-    run: Path = typer.Option(..., "--run", help="Run folder written by `cxrsynth train`; results go to RUN/audit/."),
+    context: typer.Context,
+    run: Optional[Path] = typer.Option(None, "--run", help="Run folder written by `cxrsynth train`; results go to RUN/audit/. "
+                                       "Required unless a subcommand (stats) is given."),
     attacks: Optional[str] = typer.Option(None, "--attacks", help=ATTACKS_HELP),
     num_members: Optional[int] = typer.Option(
         None, "--num-members", min=4,
@@ -51,6 +57,10 @@ def audit_command(
     ),
 ) -> None:
     """Audit what a trained run leaks about its training patients; write RUN/audit/ (see AUDIT_HELP)."""
+    if context.invoked_subcommand is not None:
+        return
+    if run is None:
+        raise typer.BadParameter("Missing option '--run' (or a subcommand: `cxrsynth audit stats --help`)", param_hint="--run")
     from rich.console import Console
 
     from cxrsynth.audit.runner import AuditOptions, audit_run, parse_attacks, results_table
@@ -88,6 +98,42 @@ def audit_command(
     console.print(f"wrote {Path(run) / 'audit'}")
 
 
+STATS_HELP = (
+    "The audit's statistics on any attack's membership scores, including scores from other tools.\n\n"
+    "SCORES.csv: a 'member' column (1/0); optional 'half' (calibration/evaluation; absent: a seeded random half of "
+    "each group), optional 'patient_id' (rows of one patient become one unit, their scores averaged); 'image_id' and "
+    "'split' are ignored (so the scores.csv that `cxrsynth audit` writes can be re-analysed); every other column is one "
+    "attack's scores. For each column: AUC with CI, Mann-Whitney and low-FPR tail tests, TPR at 1%/0.1%/0% FPR at "
+    "calibration thresholds, the empirical epsilon lower bound; then one family-wise leak flag (Holm-Bonferroni, 5%) "
+    "and the audit's power. Writes OUT.json (the keys of audit.json's attacks, summary and power)."
+)
+
+
+@audit_app.command("stats", help=STATS_HELP)
+def stats_command(
+    scores: Path = typer.Argument(..., help="CSV of membership scores (see above)."),
+    out: Path = typer.Option(..., "--out", help="JSON file to write (written atomically)."),
+    direction: Optional[list[str]] = typer.Option(
+        None, "--direction",
+        help="NAME=lower|higher: which scores of column NAME mean 'member' (repeatable). Default: chosen on the "
+        "calibration half, as `cxrsynth audit` does.",
+    ),
+    delta: float = typer.Option(1e-5, "--delta", help="δ of the ε lower bounds (use the DP run's δ when testing a guarantee)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the random halves (when there is no 'half' column) and bootstraps."),
+) -> None:
+    """Compute the audit statistics of SCORES.csv and write OUT.json."""
+    from rich.console import Console
+
+    from cxrsynth.audit.runner import results_table
+    from cxrsynth.audit.scores import audit_stats
+
+    report = audit_stats(scores, out, direction, delta, seed)
+    console = Console() if Console().is_terminal else Console(width=160)
+    console.print(results_table(report))
+    console.print(f"[bold]verdict:[/] {report['verdict']}", highlight=False)
+    console.print(f"wrote {out}")
+
+
 AUDIT_HELP = (
     "Audit what a trained run leaks about its training patients; write RUN/audit/.\n\n"
     "Membership inference attacks score one image per patient of the member and holdout splits; thresholds are "
@@ -95,10 +141,11 @@ AUDIT_HELP = (
     "1% and 0.1% FPR, and an empirical ε lower bound (δ from RUN/privacy.json, else 1e-5). Synthetic images are "
     "also checked for near-copies of training images and for links to training patients.\n\n"
     "Writes audit.json, scores.csv (sensitive: it names training images), roc.png and memorization.png, and "
-    "prints a table and a verdict."
+    "prints a table and a verdict. `cxrsynth audit stats SCORES.csv --out OUT.json` runs the same statistics on "
+    "any attack's scores."
 )
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``audit`` command to the root ``cxrsynth`` app."""
-    app.command("audit", help=AUDIT_HELP)(audit_command)
+    """Add the ``audit`` command (and its ``stats`` subcommand) to the root ``cxrsynth`` app."""
+    app.add_typer(audit_app, name="audit", help=AUDIT_HELP)

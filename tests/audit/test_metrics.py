@@ -52,13 +52,63 @@ def test_tpr_at_fpr_does_not_split_ties() -> None:
     # Interpolating between the ROC points (0, 0.3) and (0.02, 0.7) would have claimed 0.5 at 1%.
 
 
-def test_tpr_at_fpr_is_null_with_a_note_when_too_few_nonmembers() -> None:
-    labels = np.concatenate([np.zeros(50), np.ones(50)])
-    scores = np.arange(100.0)
-    value, note = metrics.tpr_at_fpr_or_note(labels, scores, 0.01)
-    assert value is None and "100" in note and "50" in note
-    value, note = metrics.tpr_at_fpr_or_note(labels, scores, 0.02)
-    assert value == pytest.approx(1.0) and note is None
+def test_tpr_at_low_fpr_is_null_with_a_note_when_too_few_evaluation_nonmembers() -> None:
+    is_member, is_calibration = _halves(100)  # 50 non-members per half
+    scores = np.where(is_member, 1.0, 0.0) + np.linspace(0, 0.5, 200)
+    result = metrics.attack_metrics(scores, is_member, is_calibration, "higher")
+    assert result["tpr_at_1pct_fpr"] is None and result["tpr_at_0.1pct_fpr"] is None
+    assert any("100" in note and "50" in note for note in result["notes"])
+    assert result["low_fpr"]["tpr_at_1pct_fpr"]["measurable"] is False
+    assert result["tpr_at_zero_fpr"] == 1.0  # 0% FPR is always measurable
+
+
+def _tail_leak(n_per_half: int, leaked: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exchangeable scores except ``leaked`` members per half with extreme scores (memorised outliers)."""
+    rng = np.random.default_rng(seed)
+    is_member, is_calibration = _halves(n_per_half)
+    scores = rng.normal(size=len(is_member))
+    for half in (True, False):
+        chosen = rng.choice(np.flatnonzero(is_member & (is_calibration == half)), size=leaked, replace=False)
+        scores[chosen] = 10.0 + rng.random(leaked)
+    return scores, is_member, is_calibration
+
+
+def test_low_fpr_leak_gives_a_positive_bound_where_the_balanced_threshold_gives_none() -> None:
+    # 5% of 500 members per half memorised: AUC barely moves, but they are perfectly identified.
+    scores, is_member, is_calibration = _tail_leak(1000, 25, seed=3)
+    result = metrics.attack_metrics(scores, is_member, is_calibration, "higher")
+    assert result["auc"] < 0.56
+    assert result["eps_lower_bound"] > 0.5
+    assert result["eps_threshold"] > 5  # the ε threshold moved to the tail ...
+    assert result["threshold"] < 5  # ... where the balanced-accuracy one stays mid-distribution
+    # Today's bound (balanced-accuracy threshold) sees nothing:
+    y_cal, y_eval = is_member[is_calibration], is_member[~is_calibration]
+    balanced = metrics.best_threshold(y_cal, scores[is_calibration])
+    old = metrics.epsilon_lower_bound(*metrics.confusion_at(y_eval, scores[~is_calibration], balanced))
+    assert old.epsilon == 0.0
+    assert result["tpr_at_zero_fpr"] >= 0.04 and result["low_fpr"]["tpr_at_zero_fpr"]["fpr"] == 0.0
+    assert result["p_value_tail"] < 1e-6
+
+
+def test_low_fpr_thresholds_are_fixed_on_calibration_not_on_evaluation() -> None:
+    # Calibration: non-members reach 5, members 6..; evaluation: one non-member at 7 (above the
+    # calibration threshold) so the honest TPR at 0% FPR comes with a false positive.
+    scores = np.array([6, 7, 8, 9, 1, 2, 3, 5, 6.5, 7.5, 8, 9, 1, 2, 3, 7], dtype=float)
+    is_member = np.array([1, 1, 1, 1, 0, 0, 0, 0] * 2, dtype=bool)
+    is_calibration = np.repeat([True, False], 8)
+    zero = metrics.attack_metrics(scores, is_member, is_calibration, "higher")["low_fpr"]["tpr_at_zero_fpr"]
+    assert 5 < zero["threshold"] < 6
+    assert zero["tpr"] == 1.0 and zero["fpr"] == 0.25  # measured at the calibration threshold
+    assert zero["optimistic_tpr"] == 0.75  # the evaluation half's own optimum: above 7 only
+
+
+def test_epsilon_threshold_maximises_the_bound_on_calibration() -> None:
+    scores, is_member, is_calibration = _tail_leak(1000, 25, seed=4)
+    y, s = is_member[is_calibration], scores[is_calibration]
+    chosen = metrics.epsilon_threshold(y, s)
+    best = metrics.epsilon_lower_bound(*metrics.confusion_at(y, s, chosen)).epsilon
+    for threshold in np.quantile(s, np.linspace(0, 1, 41)):
+        assert metrics.epsilon_lower_bound(*metrics.confusion_at(y, s, threshold)).epsilon <= best + 1e-12
 
 
 @pytest.mark.parametrize("successes,trials", [(0, 10), (3, 10), (10, 10), (17, 40), (499, 500)])

@@ -109,9 +109,26 @@ def test_audit_without_samples_writes_every_file_and_skips_black_box_attacks(tmp
     assert isinstance(report["verdict"], str) and "Blind check" in report["verdict"]
     with (run / "audit" / "scores.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 16 and list(rows[0]) == ["image_id", "split", "half", *WHITE_BOX, "blind"]
+    assert len(rows) == 16 and list(rows[0]) == ["image_id", "patient_id", "split", "member", "half", *WHITE_BOX, "blind"]
     assert {row["split"] for row in rows} == {"member", "holdout"}
+    assert all(row["member"] == ("1" if row["split"] == "member" else "0") for row in rows)
     assert (run / "audit" / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    assert report["power"]["n_members"] == 4 and report["power"]["n_tests"] == 2 * len(WHITE_BOX)
+    assert report["power"]["text"] in report["verdict"]
+    assert report["patient_ids"] == {"real": True, "understates_leakage": False, "note": None}
+
+    # `audit stats` on the audit's own scores.csv follows the same code path and gives the same numbers.
+    from cxrsynth.audit.scores import audit_stats
+
+    stats = audit_stats(run / "audit" / "scores.csv", tmp_path / "stats.json", delta=1e-3)
+    assert stats["unit"] == "patient" and stats["halves"] == "given"
+    for name in WHITE_BOX:
+        ours, theirs = report["attacks"][name], stats["attacks"][name]
+        assert theirs["direction"] == ours["direction"]
+        for key in ("tpr_at_zero_fpr", "eps_lower_bound", "p_value_auc", "p_value_tail", "balanced_accuracy"):
+            assert theirs[key] == pytest.approx(ours[key]), (name, key)
+        flipped = ours["published_direction"] != "higher"
+        assert theirs["auc"] == pytest.approx(1 - ours["auc"] if flipped else ours["auc"])
 
 
 def test_audit_refuses_a_folder_without_a_model(tmp_path: Path) -> None:

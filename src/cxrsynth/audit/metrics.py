@@ -14,12 +14,19 @@ not split a tie), and there is no interpolation between ROC points, so the value
 real deterministic threshold. When the number of non-members ``n`` is below ``1/target`` the
 smallest non-zero FPR measurable is ``1/n > target``; the TPR is then reported as None with a note.
 
+Thresholds are always fixed on the calibration half and measured once on the evaluation half:
+TPR at 1%, 0.1% and 0% FPR each at the calibration threshold for that FPR (:func:`low_fpr_threshold`;
+the evaluation-half optimum is kept only as ``optimistic_tpr``), the ε bound at the calibration
+threshold that maximises the bound itself (:func:`epsilon_threshold`), and the balanced accuracy
+at the balanced-accuracy threshold (:func:`best_threshold`), which is used for nothing else: it
+sits mid-distribution and misses leaks that show only at low FPR.
+
 The ε lower bound follows Jagielski et al. (NeurIPS 2020) and Nasr et al. (2021): a DP mechanism
 with (ε, δ) forces ``TPR ≤ e^ε·FPR + δ`` and ``TNR ≤ e^ε·FNR + δ`` for every test, so for the
 threshold fixed on the calibration half, with one-sided 95% Clopper–Pearson bounds on the
 evaluation half, ``ε ≥ ln((TPR_low − δ)/FPR_high)`` and ``ε ≥ ln((TNR_low − δ)/FNR_high)``. The
-larger is reported, 0 when neither is positive. Each bound is one-sided at 95%, so the pair holds
-jointly with at least 90% confidence.
+larger is reported, 0 when neither is positive. Each of the two rate bounds is one-sided at 95%,
+so the pair, and with it the ε bound, holds with at least 90% joint confidence (Bonferroni).
 """
 
 from __future__ import annotations
@@ -112,17 +119,6 @@ def tpr_at_fpr(labels: np.ndarray, membership: np.ndarray, target_fpr: float) ->
     return float(tpr[allowed].max())
 
 
-def tpr_at_fpr_or_note(labels: np.ndarray, membership: np.ndarray, target_fpr: float) -> tuple[float | None, str | None]:
-    """:func:`tpr_at_fpr`, or ``(None, why)`` when there are fewer than ``1/target_fpr`` non-members."""
-    n_negative = int((~np.asarray(labels).astype(bool)).sum())
-    if n_negative * target_fpr < 1.0 - 1e-9:
-        return None, (
-            f"TPR at {target_fpr:.1%} FPR needs at least {math.ceil(1 / target_fpr)} evaluation non-members "
-            f"(found {n_negative}; the smallest measurable non-zero FPR is 1/{n_negative})"
-        )
-    return tpr_at_fpr(labels, membership, target_fpr), None
-
-
 def clopper_pearson_lower(successes: int, trials: int, confidence: float = CONFIDENCE) -> float:
     """One-sided lower Clopper–Pearson bound of a binomial proportion (0 when there are no successes)."""
     from scipy.stats import beta
@@ -190,12 +186,27 @@ def epsilon_lower_bound(
     """
     if not 0.0 <= delta < 1.0:
         raise CxrsynthError(f"δ must be within [0, 1), got {delta}")
-    tpr_low = clopper_pearson_lower(true_positives, n_members, confidence)
-    fpr_high = clopper_pearson_upper(false_positives, n_nonmembers, confidence)
-    tnr_low = clopper_pearson_lower(n_nonmembers - false_positives, n_nonmembers, confidence)
-    fnr_high = clopper_pearson_upper(n_members - true_positives, n_members, confidence)
+    tpr_low, fpr_high, tnr_low, fnr_high = _rate_bounds(true_positives, n_members, false_positives, n_nonmembers,
+                                                        confidence)
     epsilon = max(_log_ratio(tpr_low - delta, fpr_high), _log_ratio(tnr_low - delta, fnr_high))
     return EpsilonBound(epsilon, tpr_low, fpr_high, tnr_low, fnr_high, delta)
+
+
+def _rate_bounds(true_positives: int, n_members: int, false_positives: int, n_nonmembers: int,
+                 confidence: float) -> tuple[float, float, float, float]:
+    """One-sided Clopper–Pearson ``(TPR_low, FPR_high, TNR_low, FNR_high)``."""
+    return (clopper_pearson_lower(true_positives, n_members, confidence),
+            clopper_pearson_upper(false_positives, n_nonmembers, confidence),
+            clopper_pearson_lower(n_nonmembers - false_positives, n_nonmembers, confidence),
+            clopper_pearson_upper(n_members - true_positives, n_members, confidence))
+
+
+def _bound_ratio(true_positives: int, n_members: int, false_positives: int, n_nonmembers: int,
+                 delta: float, confidence: float) -> float:
+    """max((TPR_low − δ)/FPR_high, (TNR_low − δ)/FNR_high): e^ε of the bound before clipping at 0."""
+    tpr_low, fpr_high, tnr_low, fnr_high = _rate_bounds(true_positives, n_members, false_positives, n_nonmembers,
+                                                        confidence)
+    return max((tpr_low - delta) / fpr_high, (tnr_low - delta) / fnr_high)
 
 
 def choose_direction(labels: np.ndarray, scores: np.ndarray, published: str) -> str:
@@ -209,21 +220,69 @@ def choose_direction(labels: np.ndarray, scores: np.ndarray, published: str) -> 
     return HIGHER if published == LOWER else LOWER
 
 
+def _threshold_at(membership: np.ndarray, thresholds: np.ndarray, index: int) -> float:
+    """The threshold of ROC point ``index``, placed halfway to the next lower score.
+
+    Halfway, not on the score itself, so that unseen scores a hair below a calibration score fall on
+    the same side; point 0 ("nobody is a member") is just above the largest score.
+    """
+    if math.isinf(thresholds[index]):
+        return float(np.nextafter(np.max(membership), np.inf))
+    if index + 1 < len(thresholds):
+        return float((thresholds[index] + thresholds[index + 1]) / 2.0)
+    return float(thresholds[index])
+
+
 def best_threshold(labels: np.ndarray, membership: np.ndarray) -> float:
     """The threshold ("member if score ≥ t") with the highest balanced accuracy on these scores.
 
-    Among equally good thresholds the highest (most conservative) is taken. The threshold is placed
-    halfway between the lowest score called "member" and the next lower score, not on the score
-    itself, so that unseen scores a hair below a calibration score fall on the same side.
+    Among equally good thresholds the highest (most conservative) is taken (see :func:`_threshold_at`).
     """
     fpr, tpr, thresholds = roc_points(labels, membership)
     balanced = (tpr + 1.0 - fpr) / 2.0
     best = int(np.flatnonzero(balanced >= balanced.max() - 1e-12)[0])
-    if math.isinf(thresholds[best]):  # "nobody is a member": just above the largest score
-        return float(np.nextafter(np.max(membership), np.inf))
-    if best + 1 < len(thresholds):
-        return float((thresholds[best] + thresholds[best + 1]) / 2.0)
-    return float(thresholds[best])
+    return _threshold_at(membership, thresholds, best)
+
+
+def epsilon_threshold(labels: np.ndarray, membership: np.ndarray, delta: float = DEFAULT_DELTA,
+                      confidence: float = CONFIDENCE) -> float:
+    """The threshold that maximises the ε lower bound itself on these (calibration) scores.
+
+    Every ROC point is scored by the quantity inside the bound's logarithm,
+    max((TPR_low − δ)/FPR_high, (TNR_low − δ)/FNR_high) with one-sided Clopper–Pearson bounds, as
+    Jagielski et al. (2020) and Nasr et al. (2021) choose it. Unlike the balanced-accuracy threshold,
+    which sits mid-distribution, it moves to the tail when a few members are identified perfectly;
+    the ratio (not its clipped logarithm) is maximised, so a threshold is chosen even when no bound is
+    positive on the calibration half. Ties go to the highest threshold.
+
+    Raises:
+        CxrsynthError: without both classes, or for non-finite scores.
+    """
+    y = np.asarray(labels).astype(bool)
+    fpr, tpr, thresholds = roc_points(y, membership)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    true_positives, false_positives = np.rint(tpr * n_pos).astype(int), np.rint(fpr * n_neg).astype(int)
+    ratios = np.array([_bound_ratio(tp, n_pos, fp, n_neg, delta, confidence)
+                       for tp, fp in zip(true_positives, false_positives)])
+    best = int(np.flatnonzero(ratios >= ratios.max() - 1e-12)[0])
+    return _threshold_at(membership, thresholds, best)
+
+
+def low_fpr_threshold(labels: np.ndarray, membership: np.ndarray, target_fpr: float) -> float:
+    """The lowest threshold whose FPR on these (calibration) scores is ≤ ``target_fpr`` (the most TPR).
+
+    With fewer than 1/target non-members this is the threshold just above every non-member.
+
+    Raises:
+        CxrsynthError: for a target outside [0, 1], or invalid labels/scores.
+    """
+    if not 0.0 <= target_fpr <= 1.0:
+        raise CxrsynthError(f"target FPR {target_fpr} must be within [0, 1]")
+    y = np.asarray(labels).astype(bool)
+    fpr, _, thresholds = roc_points(y, membership)
+    false_positives = np.rint(fpr * int((~y).sum()))
+    allowed = np.flatnonzero(false_positives <= math.floor(target_fpr * int((~y).sum()) + 1e-9))
+    return _threshold_at(membership, thresholds, int(allowed[-1]))
 
 
 def confusion_at(labels: np.ndarray, membership: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
@@ -267,7 +326,29 @@ def bootstrap_auc_interval(
     return None if interval is None else [float(np.clip(round(value, 12), 0.0, 1.0)) for value in interval]
 
 
-TPR_TARGETS: dict[str, float] = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}
+TPR_TARGETS: dict[str, float] = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001, "tpr_at_zero_fpr": 0.0}
+"""audit.json key → target FPR of the TPRs measured at thresholds fixed on the calibration half."""
+
+
+def low_fpr_metrics(y_cal: np.ndarray, chosen_cal: np.ndarray, y_eval: np.ndarray, chosen_eval: np.ndarray,
+                    target_fpr: float) -> dict:
+    """TPR at a target FPR: threshold fixed on the calibration half, measured once on the evaluation half.
+
+    Returns:
+        ``threshold`` (oriented score), ``target_fpr``, ``tpr`` and ``fpr`` (evaluation half at that
+        threshold: the FPR may exceed the target by chance), ``optimistic_tpr`` (the best TPR at
+        FPR ≤ target chosen on the evaluation half itself: optimistic, the threshold sees the data
+        it is scored on), ``measurable`` (False when the evaluation half has fewer than 1/target
+        non-members: the smallest non-zero FPR it can measure is larger than the target).
+    """
+    threshold = low_fpr_threshold(y_cal, chosen_cal, target_fpr)
+    tp, n_pos, fp, n_neg = confusion_at(y_eval, chosen_eval, threshold)
+    return {
+        "threshold": threshold, "target_fpr": target_fpr, "tpr": tp / n_pos, "fpr": fp / n_neg,
+        "true_positives": tp, "false_positives": fp,
+        "optimistic_tpr": tpr_at_fpr(y_eval, chosen_eval, target_fpr),
+        "measurable": target_fpr == 0.0 or n_neg * target_fpr >= 1.0 - 1e-9,
+    }
 
 
 def attack_metrics(
@@ -277,49 +358,66 @@ def attack_metrics(
     member_if: str,
     delta: float = DEFAULT_DELTA,
     seed: int = 0,
+    fixed_direction: bool = False,
 ) -> dict:
     """Every number audit.json reports for one attack (see :mod:`cxrsynth.audit.runner`).
 
-    The direction and threshold are chosen on the calibration rows; every reported number is
-    computed on the evaluation rows only.
+    The direction and every threshold are chosen on the calibration rows; every reported number is
+    computed on the evaluation rows only: the AUC with its bootstrap interval, TPRs at 1%, 0.1% and
+    0% FPR (thresholds fixed on calibration), the ε lower bound at the threshold that maximises the
+    bound on calibration, the balanced accuracy at the calibration balanced-accuracy threshold, and
+    the two tests that may raise the leak flag (:mod:`cxrsynth.audit.hypothesis`): ``p_value_auc``
+    (one-sided Mann–Whitney) and ``p_value_tail`` (hypergeometric at the ε threshold).
 
     Args:
-        scores: the attack's raw scores, one per audited image (published orientation).
-        is_member: True for member images.
+        scores: the attack's raw scores, one per audited unit (published orientation).
+        is_member: True for members.
         is_calibration: True for calibration rows, False for evaluation rows.
         member_if: the attack's published direction (``lower`` or ``higher`` ⇒ member).
         delta: δ for the ε lower bound.
         seed: seed of the bootstrap.
+        fixed_direction: use ``member_if`` as it is instead of choosing the direction on calibration.
 
     Returns:
-        A JSON-ready dict: ``auc``, ``auc_ci``, ``tpr_at_1pct_fpr``, ``tpr_at_0.1pct_fpr``,
-        ``tpr_at_zero_fpr``, ``published_direction``, ``direction``, ``threshold``,
-        ``balanced_accuracy``, ``eps_lower_bound``, ``eps_bound``, ``n_eval_members``,
-        ``n_eval_nonmembers``, ``notes``.
+        A JSON-ready dict: ``auc``, ``auc_ci``, ``p_value_auc``, ``p_value_tail``, ``tpr_at_1pct_fpr``,
+        ``tpr_at_0.1pct_fpr``, ``tpr_at_zero_fpr``, ``low_fpr``, ``published_direction``, ``direction``,
+        ``threshold``, ``balanced_accuracy``, ``eps_threshold``, ``eps_lower_bound``, ``eps_bound``,
+        ``n_eval_members``, ``n_eval_nonmembers``, ``notes``.
 
     Raises:
         CxrsynthError: when either half lacks members or non-members, or scores are not finite.
     """
+    from cxrsynth.audit.hypothesis import mann_whitney_p, tail_p
+
     scores = np.asarray(scores, dtype=np.float64)
     members = np.asarray(is_member).astype(bool)
     calibration = np.asarray(is_calibration).astype(bool)
     evaluation = ~calibration
     y_cal, y_eval = members[calibration], members[evaluation]
 
-    direction = choose_direction(y_cal, scores[calibration], member_if)
+    direction = member_if if fixed_direction else choose_direction(y_cal, scores[calibration], member_if)
     chosen = membership_scores(scores, direction)
-    threshold = best_threshold(y_cal, chosen[calibration])
-    tp, n_pos, fp, n_neg = confusion_at(y_eval, chosen[evaluation], threshold)
+    chosen_cal, chosen_eval = chosen[calibration], chosen[evaluation]
+    _check_binary(y_eval, chosen_eval)
+
+    balanced_threshold = best_threshold(y_cal, chosen_cal)
+    tp_b, n_pos, fp_b, n_neg = confusion_at(y_eval, chosen_eval, balanced_threshold)
+    eps_threshold = epsilon_threshold(y_cal, chosen_cal, delta)
+    tp, _, fp, _ = confusion_at(y_eval, chosen_eval, eps_threshold)
     bound = epsilon_lower_bound(tp, n_pos, fp, n_neg, delta)
+    sign = 1.0 if direction == HIGHER else -1.0
 
     published = membership_scores(scores, member_if)[evaluation]
     result: dict = {
         "auc": roc_auc(y_eval, published),
         "auc_ci": bootstrap_auc_interval(y_eval, published, seed=seed),
+        "p_value_auc": mann_whitney_p(y_eval, chosen_eval),
+        "p_value_tail": tail_p(tp, n_pos, fp, n_neg),
         "published_direction": member_if,
         "direction": direction,
-        "threshold": threshold if direction == HIGHER else -threshold,
-        "balanced_accuracy": (tp / n_pos + (n_neg - fp) / n_neg) / 2.0,
+        "threshold": sign * balanced_threshold,
+        "balanced_accuracy": (tp_b / n_pos + (n_neg - fp_b) / n_neg) / 2.0,
+        "eps_threshold": sign * eps_threshold,
         "eps_lower_bound": bound.epsilon,
         "eps_bound": {
             "tpr_low": bound.tpr_low, "fpr_high": bound.fpr_high, "tnr_low": bound.tnr_low,
@@ -327,17 +425,22 @@ def attack_metrics(
         },
         "n_eval_members": n_pos,
         "n_eval_nonmembers": n_neg,
-        "tpr_at_zero_fpr": tpr_at_fpr(y_eval, chosen[evaluation], 0.0),
+        "low_fpr": {},
         "notes": [],
     }
     for key, target in TPR_TARGETS.items():
-        value, note = tpr_at_fpr_or_note(y_eval, chosen[evaluation], target)
-        result[key] = value
-        if note:
-            result["notes"].append(note)
+        measured = low_fpr_metrics(y_cal, chosen_cal, y_eval, chosen_eval, target)
+        measured["threshold"] *= sign
+        result["low_fpr"][key] = measured
+        result[key] = measured["tpr"] if measured["measurable"] else None
+        if not measured["measurable"]:
+            result["notes"].append(
+                f"TPR at {target:.1%} FPR needs at least {math.ceil(1 / target)} evaluation non-members "
+                f"(found {n_neg}; the smallest measurable non-zero FPR is 1/{n_neg})"
+            )
     if direction != member_if:
         result["notes"].append(
             f"the published score calls {member_if} values members; on the calibration half members scored "
-            f"{direction}, so thresholds, TPRs, balanced accuracy and ε use the {direction} direction"
+            f"{direction}, so thresholds, TPRs, balanced accuracy, ε and the tests use the {direction} direction"
         )
     return result

@@ -6,8 +6,9 @@ memorization test (:mod:`cxrsynth.audit.memorization`) and patient re-identifica
 (:mod:`cxrsynth.audit.reidentification`), and writes ``RUN/audit/`` atomically:
 
 * ``audit.json`` — the report below (no image or patient ids: it may be shared);
-* ``scores.csv`` — one row per audited image: ``image_id``, ``split`` (member|holdout), ``half``
-  (calibration|evaluation), then each attack's raw score in its published orientation.
+* ``scores.csv`` — one row per audited image: ``image_id``, ``patient_id``, ``split``
+  (member|holdout), ``member`` (1|0), ``half`` (calibration|evaluation), then each attack's raw score
+  in its published orientation; ``cxrsynth audit stats`` reads it.
   Sensitive (it names the training images): it stays in the run folder;
 * ``roc.png`` — ROC curves of every attack on the evaluation half, log-log, FPR 1e-3..1;
 * ``memorization.png`` — DCR histograms and the 16 closest (synthetic | training image) pairs.
@@ -20,11 +21,11 @@ holdout patients). Each group is split in half at random: the **calibration** ha
 data on which anything is chosen or fitted (score direction, threshold, the blind classifier);
 every reported number comes from the **evaluation** half.
 
-audit.json (format 1)
+audit.json (format 2)
 ---------------------
 Top level:
 
-* ``format`` (int) — 1.
+* ``format`` (int) — 2 (format 1 had binomial re-identification and DCR tests and an unadjusted leak flag).
 * ``run`` (str), ``data`` (str), ``samples`` (str|null) — folders used.
 * ``seed`` (int) — seed of every random choice.
 * ``n_members`` / ``n_nonmembers`` (int) — audited members / holdout non-members (equal).
@@ -42,13 +43,25 @@ Top level:
 * ``domain_classifier`` (object|null) — feature extractor of ``nn_domain`` and the feature DCR:
   ``path``, ``split`` (``test``), ``reused`` (bool), ``feature_dim``; null when not used, with
   ``domain_classifier_skipped`` (str|null) saying why.
-* ``summary`` (object) — ``attacks_beating_chance`` (list of names whose evaluation AUC 95% CI
-  excludes 0.5, blind excluded), ``worst_tpr_at_1pct_fpr`` / ``worst_tpr_at_zero_fpr`` /
-  ``worst_eps_lower_bound`` (``{"attack", "value"}`` of the highest among model and sample attacks,
-  or null), ``blind_check_passed`` (bool|null: the lower end of blind's AUC CI is ≤ 0.5, i.e.
-  simple image statistics do not tell members from holdout; null when blind did not run), ``leak_detected``
-  (bool: an attack beats chance or has ε_lb > 0, a sample is flagged as a copy, or the
-  re-identification binomial p < 0.05).
+* ``summary`` (object) — ``leak_detected`` (bool: some test of the family is rejected by
+  Holm–Bonferroni at ``family_alpha``; when nothing leaks at most 5% of audits raise it — see
+  :mod:`cxrsynth.audit.summary` for the family), ``tests`` (list of ``{"name", "p_value",
+  "adjusted_p_value", "rejected"}``: every test in the family, e.g. ``loss:auc``, ``loss:tail``,
+  ``memorization:copies``, ``memorization:dcr_pixel``, ``memorization:dcr_domain``,
+  ``reidentification:links``), ``family_alpha`` (0.05), ``family_method`` (``holm-bonferroni``),
+  ``attacks_beating_chance`` (list of attacks with a rejected test, blind excluded),
+  ``worst_tpr_at_1pct_fpr`` / ``worst_tpr_at_zero_fpr`` / ``worst_eps_lower_bound`` (``{"attack",
+  "value"}`` of the highest among model and sample attacks, or null; descriptive: they do not raise
+  the flag alone), ``blind_check_passed`` (bool|null: the lower end of blind's AUC CI is ≤ 0.5,
+  i.e. simple image statistics do not tell members from holdout; null when blind did not run).
+* ``power`` (object) — what this audit would have missed (:func:`cxrsynth.audit.summary.power_report`):
+  ``min_detectable_auc`` (float|null), ``min_detectable_tpr`` (float|null: TPR at ``at_fpr`` = 0),
+  the smallest effects the first Holm step (level ``alpha_per_test`` = ``alpha``/``n_tests``)
+  detects with probability ``power`` (0.8) at ``n_members`` vs ``n_nonmembers`` evaluated; ``text``
+  (str, the same in one sentence).
+* ``patient_ids`` (object) — ``real`` (bool, from the prepared data's meta.json),
+  ``understates_leakage`` (bool: true without real patient ids, when member and holdout may share
+  real patients), ``note`` (str|null: the caveat, also in ``warnings`` and the verdict).
 * ``verdict`` (str) — the summary in plain words.
 * ``warnings`` (list of str).
 * ``seconds`` (object) — wall-clock seconds: ``model_load``, ``domain_classifier``,
@@ -63,17 +76,25 @@ Top level:
 * ``published_direction`` / ``direction`` (lower|higher) — which scores mean "member" as published
   and as chosen on the calibration half (an attacker with calibration data would flip an inverted
   score). Every number below uses ``direction``.
-* ``tpr_at_1pct_fpr`` / ``tpr_at_0.1pct_fpr`` (float|null) — exact TPR of the best threshold with
-  FPR ≤ 1% / 0.1% on the evaluation ROC (ties not split, no interpolation); null when there are
-  fewer than 100 / 1000 evaluation non-members, explained in ``notes``.
-* ``tpr_at_zero_fpr`` (float) — TPR of the best threshold with no false positive (always defined).
+* ``tpr_at_1pct_fpr`` / ``tpr_at_0.1pct_fpr`` / ``tpr_at_zero_fpr`` (float|null) — evaluation-half TPR
+  at the threshold fixed on the **calibration** half for FPR ≤ 1% / 0.1% / 0 (ties not split, no
+  interpolation); null when the evaluation half has fewer than 100 / 1000 non-members, explained in
+  ``notes``. ``low_fpr`` (object) — per key: ``threshold`` (raw score), ``target_fpr``, ``tpr``,
+  ``fpr`` (the evaluation FPR actually reached; may exceed the target), ``true_positives``,
+  ``false_positives``, ``optimistic_tpr`` (the evaluation half's own best TPR at that FPR: optimistic,
+  its threshold sees the scores it is judged on), ``measurable`` (bool).
 * ``threshold`` (float) — the calibration threshold on the raw score (member if score ≤ it for
-  ``lower``, ≥ it for ``higher``), chosen to maximise calibration balanced accuracy.
-* ``balanced_accuracy`` (float) — (TPR + TNR)/2 of that threshold on the evaluation half.
-* ``eps_lower_bound`` (float) — empirical ε lower bound of that threshold on the evaluation half:
-  max(ln((TPR_low − δ)/FPR_high), ln((TNR_low − δ)/FNR_high)), 0 if not positive, with one-sided 95%
-  Clopper–Pearson bounds; ``eps_bound`` (object) — ``tpr_low``, ``fpr_high``, ``tnr_low``,
-  ``fnr_high``, ``true_positives``, ``false_positives``.
+  ``lower``, ≥ it for ``higher``) that maximises calibration balanced accuracy; used only for
+  ``balanced_accuracy`` — (TPR + TNR)/2 of that threshold on the evaluation half.
+* ``eps_threshold`` (float) — the calibration threshold that maximises the ε lower bound itself
+  (Jagielski et al. 2020); ``eps_lower_bound`` (float) — the bound of that threshold on the
+  evaluation half: max(ln((TPR_low − δ)/FPR_high), ln((TNR_low − δ)/FNR_high)), 0 if not positive,
+  with one-sided 95% Clopper–Pearson bounds (the pair holds with ≥ 90% joint confidence);
+  ``eps_bound`` (object) — ``tpr_low``, ``fpr_high``, ``tnr_low``, ``fnr_high``, ``true_positives``,
+  ``false_positives``.
+* ``p_value_auc`` (float) — one-sided Mann–Whitney p on the evaluation half (members score higher in
+  ``direction``); ``p_value_tail`` (float) — hypergeometric p of the members among those called
+  members at ``eps_threshold``. Both enter the leak flag's family (blind excluded).
 * ``n_eval_members`` / ``n_eval_nonmembers`` (int).
 * ``nfe_per_image`` (float) — UNet forward passes per audited image, counted while it ran.
 * ``seconds`` (float) — wall-clock seconds of scoring; ``seconds_per_1000_images`` (float).
@@ -81,14 +102,21 @@ Top level:
 
 ``memorization`` (needs synthetic samples):
 
-* ``n_synthetic``, ``n_member_images`` (every training image), ``n_dcr_reference_per_split`` (int).
-* ``pixel_distance`` (str) — the distance used; ``ratio_neighbours`` (int, 50 or fewer);
-  ``ratio_threshold`` (float, 1/6 = Carlini et al.'s α·δ).
+* ``n_synthetic``, ``n_member_images`` (every training image), ``n_member_patients``,
+  ``n_dcr_reference_per_split`` (int).
+* ``pixel_distance`` (str) — the distance used; ``ratio_neighbours`` (int, 50 or fewer: nearest
+  member *patients*, one image each, ``ratio_denominator`` says so); ``ratio_threshold`` (float, 1/6
+  = Carlini et al.'s α·δ).
 * ``n_flagged`` (int), ``fraction_flagged`` (float), ``flagged_samples`` (list of sample file
   names whose copy ratio is below the threshold), ``min_ratio``, ``median_ratio`` (float).
 * ``dcr_pixel`` / ``dcr_domain`` (object|null) — ``member`` and ``holdout`` DCR quantiles
   (``q05``, ``q25``, ``q50``, ``q75``, ``mean``), ``fraction_closer_to_member`` (≈0.5 when nothing
-  leaks), ``binomial_p_value``, ``mannwhitney_p_value`` (one-sided, towards members).
+  leaks), ``p_value`` (relabelling test of the samples nearest to a member image, one-sided towards
+  members; valid when samples crowd onto a few real images), ``test`` (str).
+* ``copy_test`` (object|null) — the copy test as a flag-raising test: ``n_flagged_pool`` (samples
+  whose copy ratio against member *and* holdout patients is below the threshold),
+  ``n_flagged_member``, ``n_flagged_holdout``, ``p_value`` (relabelling of the pool's patients),
+  ``pool_patients`` (``{"member", "holdout"}``), ``test`` (str).
 * ``closest_pairs`` (list) — the 16 samples closest to a training image: ``sample``,
   ``pixel_distance``, ``ratio``.
 
@@ -100,7 +128,8 @@ Top level:
   ``gallery_images`` (``{"member": int, "holdout": int}``).
 * ``n_synthetic``, ``linked_to_member`` (int), ``fraction_linked_to_member``,
   ``fraction_linked_to_holdout`` (float; equal ⇒ no patient-level leak detected),
-  ``binomial_p_value`` (one-sided, towards members), ``mean_similarity`` (float).
+  ``p_value`` (relabelling test over the gallery patients, one-sided towards members; valid with
+  unequal images per patient), ``test`` (str), ``mean_similarity`` (float).
 * ``network`` (object) — ``steps``, ``input_size``, ``embedding_dim``, ``seconds``, ``final_loss``, ``seed``.
 """
 
@@ -117,6 +146,7 @@ from typing import Callable
 import numpy as np
 
 from cxrsynth.audit import metrics
+from cxrsynth.audit.summary import power_report, summarise, write_verdict
 from cxrsynth.audit.registry import (
     NEEDS_FEATURES,
     NEEDS_MODEL,
@@ -134,11 +164,10 @@ from cxrsynth.fsutil import atomic_directory, atomic_write_json, atomic_write_te
 
 AUDIT_FOLDER = "audit"
 AUDIT_FILE, SCORES_FILE, ROC_FILE, MEMORIZATION_FILE = "audit.json", "scores.csv", "roc.png", "memorization.png"
-REPORT_FORMAT = 1
+REPORT_FORMAT = 2
 DEFAULT_MAX_MEMBERS = 1000
 MIN_PER_GROUP = 4
 """Audited patients per group needed for two per half."""
-REID_SIGNIFICANCE = 0.05
 
 Log = Callable[[str], None]
 
@@ -393,133 +422,25 @@ def roc_curve_of(name: str, result: dict, scores: np.ndarray, audited: AuditedSe
 
 
 # ---------------------------------------------------------------------------------------------
-# Verdict
-# ---------------------------------------------------------------------------------------------
-
-
-def _beats_chance(result: dict) -> bool:
-    interval = result.get("auc_ci")
-    return bool(interval) and (interval[0] > 0.5 or interval[1] < 0.5)
-
-
-def _worst(attacks: dict, key: str) -> dict | None:
-    worst = None
-    for name, result in attacks.items():  # registry order: ties go to the attack listed first
-        if result.get(key) is not None and (worst is None or result[key] > worst["value"]):
-            worst = {"attack": name, "value": result[key]}
-    return worst
-
-
-def summarise(report: dict) -> dict:
-    """The ``summary`` object of audit.json (see the module docstring)."""
-    attacks = {name: result for name, result in report["attacks"].items() if result["access"] != "none"}
-    blind = report["attacks"].get("blind")
-    blind_passed = None
-    if blind is not None and blind.get("auc_ci"):
-        # Only a blind AUC significantly *above* 0.5 means the split leaks; one below is fitting noise.
-        blind_passed = bool(blind["auc_ci"][0] <= 0.5)
-    beating = [name for name, result in attacks.items() if _beats_chance(result)]
-    memorization = report.get("memorization") or {}
-    reid = report.get("reidentification") or {}
-    leak = bool(
-        beating
-        or any(result["eps_lower_bound"] > 0 for result in attacks.values())
-        or memorization.get("n_flagged", 0) > 0
-        or (reid and reid["binomial_p_value"] < REID_SIGNIFICANCE)
-    )
-    return {
-        "attacks_beating_chance": beating,
-        "worst_tpr_at_1pct_fpr": _worst(attacks, "tpr_at_1pct_fpr"),
-        "worst_tpr_at_zero_fpr": _worst(attacks, "tpr_at_zero_fpr"),
-        "worst_eps_lower_bound": _worst(attacks, "eps_lower_bound"),
-        "blind_check_passed": blind_passed,
-        "leak_detected": leak,
-    }
-
-
-def _auc_phrase(name: str, result: dict) -> str:
-    inverted = result["direction"] != result["published_direction"]
-    return f"{name} AUC {result['auc']:.2f}" + (" (inverted: members score the other way)" if inverted else "")
-
-
-def write_verdict(report: dict) -> str:
-    """The plain-words ``verdict`` of audit.json."""
-    summary = report["summary"]
-    attacks = {name: result for name, result in report["attacks"].items() if result["access"] != "none"}
-    sentences = []
-    n = report["n_evaluation"]["members"]
-    if summary["leak_detected"]:
-        sentences.append("Privacy leak detected.")
-    else:
-        sentences.append(f"No leak detected at this sample size ({n} members vs {n} non-members evaluated).")
-    beating = summary["attacks_beating_chance"]
-    if attacks:
-        if beating:
-            phrases = ", ".join(_auc_phrase(name, attacks[name]) for name in beating)
-            sentences.append(f"{len(beating)} of {len(attacks)} attacks beat chance (95% CI excludes 0.5): {phrases}.")
-        else:
-            sentences.append(f"None of the {len(attacks)} attacks beats chance (every 95% AUC interval includes 0.5).")
-    worst_tpr = summary["worst_tpr_at_1pct_fpr"]
-    if worst_tpr is not None:
-        sentences.append(f"Worst TPR at 1% FPR: {worst_tpr['value']:.3f} ({worst_tpr['attack']}).")
-    elif summary["worst_tpr_at_zero_fpr"] is not None:
-        zero = summary["worst_tpr_at_zero_fpr"]
-        sentences.append(
-            f"Too few non-members to measure TPR at 1% FPR; worst TPR with no false positive: "
-            f"{zero['value']:.3f} ({zero['attack']})."
-        )
-    worst_eps = summary["worst_eps_lower_bound"]
-    if worst_eps is not None:
-        sentences.append(
-            f"Worst empirical ε lower bound: {worst_eps['value']:.2f} ({worst_eps['attack']}, δ = {report['delta']:g}, 95% confidence)."
-        )
-    memorization = report.get("memorization")
-    if memorization is not None:
-        sentences.append(
-            f"Memorization: {memorization['n_flagged']} of {memorization['n_synthetic']} synthetic images flagged as "
-            f"near-copies of a training image."
-        )
-    reid = report.get("reidentification")
-    if reid is not None:
-        sentences.append(
-            f"Re-identification (verification AUC {reid['verification_auc']:.2f}): "
-            f"{reid['fraction_linked_to_member']:.0%} of synthetic images linked to member patients vs "
-            f"{reid['fraction_linked_to_holdout']:.0%} to holdout (p = {reid['binomial_p_value']:.3g})."
-        )
-    elif report.get("reidentification_skipped") and memorization is not None:
-        sentences.append(f"Re-identification not measured: {report['reidentification_skipped']}.")
-    blind = report["attacks"].get("blind")
-    interval = "" if blind is None or not blind["auc_ci"] else f", 95% CI [{blind['auc_ci'][0]:.2f}, {blind['auc_ci'][1]:.2f}]"
-    if summary["blind_check_passed"] is True:
-        sentences.append(
-            f"Blind check passed (AUC {blind['auc']:.2f}{interval}): no evidence that members and holdout differ "
-            "in simple image statistics."
-        )
-    elif summary["blind_check_passed"] is False:
-        sentences.append(
-            f"Blind check FAILED (AUC {blind['auc']:.2f}{interval}): members and holdout differ in simple image "
-            "statistics, so attack AUCs partly measure the split, not the model."
-        )
-    else:
-        sentences.append("Blind check not run.")
-    return " ".join(sentences)
-
-
-# ---------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------
 
 
 def scores_csv(data: PreparedData, audited: AuditedSet, scores: dict[str, np.ndarray]) -> str:
-    """Text of ``scores.csv``: image_id, split, half, then one column per attack."""
+    """Text of ``scores.csv``: image_id, patient_id, split, member, half, then one column per attack.
+
+    The file is the input format of ``cxrsynth audit stats`` (:mod:`cxrsynth.audit.scores`).
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image_id", "split", "half", *scores])
-    image_ids = data.index["image_id"].iloc[audited.rows].tolist()
-    for i, image_id in enumerate(image_ids):
+    writer.writerow(["image_id", "patient_id", "split", "member", "half", *scores])
+    selected = data.index.iloc[audited.rows]
+    for i, (image_id, patient_id) in enumerate(zip(selected["image_id"].tolist(), selected["patient_id"].tolist())):
         writer.writerow([
             image_id,
+            patient_id,
             "member" if audited.is_member[i] else "holdout",
+            int(audited.is_member[i]),
             "calibration" if audited.is_calibration[i] else "evaluation",
             *(repr(float(values[i])) for values in scores.values()),
         ])
@@ -597,6 +518,22 @@ def score_attacks(specs: list[AttackSpec], context: AttackContext, audited: Audi
         output.scores[spec.name] = scores
         output.curves.append(roc_curve_of(spec.name, result, scores, audited))
     return output
+
+
+UNDERSTATES_NOTE = (
+    "This data has no patient ids (each image stands for its own patient), so member and holdout images may come "
+    "from the same real patients: the holdout is then not a clean control, and this audit UNDERSTATES leakage."
+)
+
+
+def patient_id_status(data: PreparedData) -> dict:
+    """audit.json ``patient_ids``: whether patient ids are real, and the caveat when they are not.
+
+    Patient ids come from ``meta.json`` (``patient_ids``: ``real`` or ``per-image``; older prepared
+    folders without the key are taken as real).
+    """
+    real = data.meta.get("patient_ids", "real") == "real"
+    return {"real": real, "understates_leakage": not real, "note": None if real else UNDERSTATES_NOTE}
 
 
 def _half_counts(audited: AuditedSet) -> dict[str, dict[str, int]]:
@@ -690,9 +627,13 @@ def audit_run(run_dir: str | Path, options: AuditOptions | None = None, log: Log
     if synthetic is not None:
         clock = time.perf_counter()
         log(f"memorization: {len(synthetic.images)} synthetic images against the training images")
+        member_rows, holdout_rows = np.sort(data.rows("member")), np.sort(data.rows("holdout"))
+        patient_of = data.index["patient_id"].to_numpy()
         memorization_result = measure_memorization(
-            synthetic.images, synthetic.names, data.images, np.sort(data.rows("member")),
+            synthetic.images, synthetic.names, data.images, member_rows,
             images[audited.is_member], images[~audited.is_member], features,
+            member_patients=patient_of[member_rows], holdout_rows=holdout_rows,
+            holdout_patients=patient_of[holdout_rows], seed=options.seed,
         )
         seconds["memorization"] = time.perf_counter() - clock
         clock = time.perf_counter()
@@ -731,9 +672,14 @@ def audit_run(run_dir: str | Path, options: AuditOptions | None = None, log: Log
         "reidentification_skipped": reidentification_skipped,
         "domain_classifier": classifier_report,
         "domain_classifier_skipped": reasons[NEEDS_FEATURES],
+        "patient_ids": patient_id_status(data),
         "warnings": warnings,
     }
     report["summary"] = summarise(report)
+    report["power"] = power_report(halves["evaluation"]["members"], halves["evaluation"]["nonmembers"],
+                                   len(report["summary"]["tests"]))
+    if report["patient_ids"]["understates_leakage"]:
+        warnings.append(report["patient_ids"]["note"])
     report["verdict"] = write_verdict(report)
     seconds["total"] = time.perf_counter() - started
     report["seconds"] = seconds
@@ -753,8 +699,25 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def table_rows(report: dict) -> list[tuple[str, ...]]:
-    """Rows of the summary table: attack, access, direction, AUC [CI], TPR@1%FPR, TPR@0.1%FPR, ε_lb, NFE."""
+def _adjusted_p(report: dict, name: str) -> str:
+    """The smallest Holm-adjusted p of an attack's tests, marked when rejected ("" for blind)."""
+    tests = [test for test in report["summary"].get("tests", []) if test["name"].split(":")[0] == name]
+    if not tests:
+        return ""
+    best = min(tests, key=lambda test: test["adjusted_p_value"])
+    return f"{best['adjusted_p_value']:.3g}" + (" *" if best["rejected"] else "")
+
+
+TABLE_COLUMNS = ("attack", "access", "member if score", "AUC [95% CI]", "TPR@1%FPR", "TPR@0.1%FPR", "ε_lb", "NFE")
+TESTS_COLUMN = "Holm p"
+
+
+def table_rows(report: dict, with_tests: bool = False) -> list[tuple[str, ...]]:
+    """Rows of the summary table (:data:`TABLE_COLUMNS`), plus :data:`TESTS_COLUMN` when ``with_tests``.
+
+    TPRs are at thresholds fixed on the calibration half; the Holm p is the smallest adjusted p of the
+    attack's tests (``*`` when rejected at the family-wise 5%).
+    """
     rows = []
     for name, result in report["attacks"].items():
         interval = result["auc_ci"]
@@ -762,24 +725,23 @@ def table_rows(report: dict) -> list[tuple[str, ...]]:
         direction = result["direction"]
         if result["direction"] != result["published_direction"]:
             direction += " (inverted)"
-        rows.append((
-            name, result["access"], direction, auc, _number(result["tpr_at_1pct_fpr"]),
-            _number(result["tpr_at_0.1pct_fpr"]), _number(result["eps_lower_bound"], 2),
-            f"{result['nfe_per_image']:g}",
-        ))
-    for name, reason in report["skipped_attacks"].items():
-        rows.append((name, get_attack(name).access, "skipped", reason, "", "", "", ""))
+        nfe = result.get("nfe_per_image")
+        row = (name, result["access"], direction, auc, _number(result["tpr_at_1pct_fpr"]),
+               _number(result["tpr_at_0.1pct_fpr"]), _number(result["eps_lower_bound"], 2), "" if nfe is None else f"{nfe:g}")
+        rows.append(row + ((_adjusted_p(report, name),) if with_tests else ()))
+    for name, reason in report.get("skipped_attacks", {}).items():
+        rows.append((name, get_attack(name).access, "skipped", reason, "", "", "", "") + (("",) if with_tests else ()))
     return rows
 
 
 def results_table(report: dict):
-    """A rich ``Table`` of the attacks (see :func:`table_rows`)."""
+    """A rich ``Table`` of the attacks with their Holm-adjusted p (see :func:`table_rows`)."""
     from rich.table import Table
 
-    n = report["n_evaluation"]["members"]
-    table = Table(title=f"membership inference (evaluation half: {n} members vs {n} non-members)")
-    for column in ("attack", "access", "member if score", "AUC [95% CI]", "TPR@1%FPR", "TPR@0.1%FPR", "ε_lb", "NFE"):
-        table.add_column(column, justify="left" if column in ("attack", "access", "member if score") else "right")
-    for row in table_rows(report):
+    n = report["n_evaluation"]
+    table = Table(title=f"membership inference (evaluation half: {n['members']} members vs {n['nonmembers']} non-members)")
+    for column in (*TABLE_COLUMNS, TESTS_COLUMN):
+        table.add_column(column, justify="left" if column in TABLE_COLUMNS[:3] else "right")
+    for row in table_rows(report, with_tests=True):
         table.add_row(*row)
     return table
