@@ -11,7 +11,8 @@ A candidate is dropped when either test flags it:
 
 * **near-copy** — Carlini et al.'s copy test against every training (``member``) image
   (:func:`cxrsynth.audit.memorization.flag_memorized`): nearest-member distance / mean distance
-  to the 50 nearest members below ``--copy-ratio`` (default 1/6, the audit's threshold);
+  to the 50 nearest member *patients* (each by their nearest image) below ``--copy-ratio``
+  (default 1/6, the audit's threshold);
 * **linked to a member patient** — the audit's patient-verification network
   (:func:`cxrsynth.audit.reidentification.member_gallery`) gives the cosine similarity of the
   candidate to its most similar member image. The threshold is calibrated on real images of
@@ -23,30 +24,57 @@ A candidate is dropped when either test flags it:
 
 Candidates are images ``i = 0, 1, 2, …`` of the sample stage (:func:`cxrsynth.sample.generate_samples`,
 image ``i`` fixed by ``(seed, i)``), screened in index order; the first ``--num-images`` that pass
-are released, so the release is a function of its settings, however candidates are batched.
+are released.
+
+No way back to the dropped candidates
+-------------------------------------
+A dropped candidate is a near-copy of a training image, or linked to a training patient: whoever
+could regenerate it from the (shared) model would get what the screen withheld. So the candidates'
+seed is a fresh secret for every release (:func:`secret_seed`, from the OS's cryptographic source):
+it is never written to the release folder, nor anywhere else, and neither is any candidate index.
+Released files are numbered contiguously (``synthetic_000000`` …), whatever was dropped in between.
+A release therefore cannot be regenerated, by design; ``--seed`` seeds only the screen.
+
+Differentially private runs (``RUN/privacy.json`` exists)
+--------------------------------------------------------
+The (ε, δ) guarantee covers the model and whatever is computed from the model alone. The screen
+looks at the member images, so a screened release is *not* post-processing of the DP model: which
+candidates survive depends on the training patients beyond what (ε, δ) bounds. Hence, for a DP
+run, the default is an **unscreened** release (``covered_by_dp`` true: every file in it is
+covered by the guarantee; no member-dependent number — screen thresholds, drop counts, the audit's
+verdict — is written); ``--screen`` screens anyway, and release.json then states that the release
+is no longer covered by (ε, δ). Runs without DP are always screened (``--no-screen`` is refused).
 
 Output folder (built under a temporary name, renamed only when complete)
 -------------------------------------------------------------------------
-* ``synthetic_000000.png`` … (or ``.dcm``: DICOM Secondary Capture marked SYNTHETIC, no patient data);
-* ``manifest.csv`` — ``file, index, seed, sampler, steps, label, guidance``: ``(seed, index)``
-  regenerates the image with ``cxrsynth sample``; no patient or source image id;
-* ``release.json`` (format 1) — counts and thresholds, never which patients were matched:
+* ``synthetic_000000.png`` … (or ``.dcm``: DICOM Secondary Capture marked SYNTHETIC, no patient data,
+  no seed or candidate index in its comment);
+* ``manifest.csv`` — ``file, sampler, steps, label, guidance``: no seed, no candidate index, no
+  patient or source image id;
+* ``release.json`` (format 2) — counts and thresholds, never which patients were matched:
 
   - ``format`` (int), ``created`` (str, UTC ISO time), ``run`` (str), ``num_images`` (int),
     ``image_format`` (``png``|``dicom``);
-  - ``sampling`` (object) — the sample stage's settings: ``sampler``, ``steps``, ``seed``, ``labels``,
-    ``guidance``, ``model_sha256``;
+  - ``sampling`` (object) — the sample stage's settings: ``sampler``, ``steps``, ``labels``,
+    ``guidance``, ``model_sha256`` (never the secret seed);
+  - ``privacy`` (object) — ``dp`` (bool: the run was trained with DP), ``screened`` (bool),
+    ``covered_by_dp`` (bool: every file of the release is covered by the run's (ε, δ)),
+    ``epsilon``, ``delta``, ``unit`` (null without DP), ``statement`` (str: what the release's
+    privacy rests on, in plain words), ``caveats`` (list of str);
   - ``candidates`` (object) — ``generated`` (int), ``screened`` (int), ``passed`` (int),
     ``released`` (int), ``dropped`` (int), ``rounds`` (int), ``max_candidates`` (int);
-  - ``dropped`` (object) — counts by reason: ``near_copy`` (flagged by the copy test),
-    ``linked_to_member`` (flagged by re-identification), ``both`` (by both), ``total`` (either);
-  - ``screens`` (object) — ``near_copy``: ``test``, ``ratio_threshold``, ``neighbours``,
-    ``member_images``; ``linked_to_member``: ``test``, ``similarity_threshold``, ``quantile``,
-    ``calibration_patients``, ``calibration_images``, ``calibration_similarity`` (``median``,
-    ``max``), ``member_images``, ``member_patients``, ``network`` (``steps``, ``input_size``,
-    ``embedding_dim``, ``train_patients``, ``final_loss``, ``seed``);
-  - ``audit`` (object) — the run's audit at release time: ``path``, ``leak_detected``, ``verdict``;
+  - ``dropped`` (object, null when not screened) — counts by reason: ``near_copy`` (flagged by the
+    copy test), ``linked_to_member`` (flagged by re-identification), ``both`` (by both), ``total`` (either);
+  - ``screens`` (object, null when not screened) — ``near_copy``: ``test``, ``ratio_threshold``,
+    ``neighbours``, ``member_images``; ``linked_to_member``: ``test``, ``similarity_threshold``,
+    ``quantile``, ``calibration_patients``, ``calibration_images``, ``calibration_similarity``
+    (``median``, ``max``), ``member_images``, ``member_patients``, ``network`` (``steps``,
+    ``input_size``, ``embedding_dim``, ``train_patients``, ``seed``);
+  - ``audit`` (object) — the run's audit at release time: ``path``, ``leak_detected``, ``verdict``
+    (both null in a release covered by DP: the audit is computed from the member images), ``note``;
   - ``warnings`` (list of str); ``seconds`` (object): ``screen_setup``, ``total``.
+
+Nothing else leaves the run folder: no training log, no loss, no classifier or network weights.
 """
 
 from __future__ import annotations
@@ -55,6 +83,7 @@ import csv
 import io
 import json
 import math
+import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -67,13 +96,16 @@ from PIL import Image
 
 from cxrsynth.audit.memorization import CARLINI_NEIGHBOURS, CARLINI_RATIO_THRESHOLD
 from cxrsynth.data.prepared import PreparedData
+from cxrsynth.config import PRIVACY_FILE
 from cxrsynth.errors import CxrsynthError
 from cxrsynth.fsutil import atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_text
 
-RELEASE_FORMAT = 1
+RELEASE_FORMAT = 2
+"""2: no seed or candidate index anywhere; ``privacy`` object; ``dropped``/``screens`` null when unscreened."""
 RELEASE_FILE = "release.json"
 MANIFEST_FILE = "manifest.csv"
-MANIFEST_COLUMNS: tuple[str, ...] = ("file", "index", "seed", "sampler", "steps", "label", "guidance")
+MANIFEST_COLUMNS: tuple[str, ...] = ("file", "sampler", "steps", "label", "guidance")
+"""No ``seed`` or ``index``: with them and the model, anyone could regenerate the dropped candidates."""
 CANDIDATES_FOLDER = ".candidates"
 """Scratch folder (inside the temporary output) where candidates are generated; removed before the rename."""
 
@@ -102,12 +134,18 @@ class ReleaseOptions:
     Attributes:
         num_images: images to release (all of them pass the screen).
         image_format: ``png`` or ``dicom``.
-        sampler, steps, seed, batch_size: sampling settings (as ``cxrsynth sample``).
+        sampler, steps, batch_size: sampling settings (as ``cxrsynth sample``).
+        seed: seed of the screen (calibration patients, verification network) — never of the
+            candidates, whose seed is a fresh secret per release (:func:`secret_seed`).
         label, label_mix, guidance_scale: label options of conditional runs (as ``cxrsynth sample``).
         copy_ratio: near-copy threshold of the copy ratio.
         reid_quantile: quantile of new patients' similarity that sets the re-identification threshold.
         reid_steps: training steps of the patient-verification network.
         max_candidates: most candidates generated before giving up (default 4 × ``num_images``).
+        screen: screen the candidates. None (the default): screened unless the run was trained with
+            DP (a screen looks at the member images, which the DP guarantee does not cover); True on
+            a DP run: screened, and release.json says the release is not covered by (ε, δ); False
+            on a run without DP: refused.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         data: prepared-data folder (default: the one in ``RUN/config.yaml``).
         overwrite: replace an existing output folder (only once the new one is complete).
@@ -127,6 +165,7 @@ class ReleaseOptions:
     reid_quantile: float = DEFAULT_REID_QUANTILE
     reid_steps: int = 300
     max_candidates: int | None = None
+    screen: bool | None = None
     device: str = "auto"
     data: Path | None = None
     overwrite: bool = False
@@ -207,21 +246,31 @@ class ReleaseScreen:
         """
         from cxrsynth.audit.memorization import flag_memorized
 
-        flags = flag_memorized(images, self.data.images, np.sort(self.data.rows("member")), threshold=self.copy_ratio)
+        rows = self._member_rows()
+        # One image per patient in the denominator: a copy of a patient with many follow-ups is still flagged.
+        flags = flag_memorized(images, self.data.images, rows, threshold=self.copy_ratio,
+                               patients=self.data.index["patient_id"].to_numpy()[rows])
         matches = self.gallery.match(images)
         return ScreenResult(near_copy=np.asarray(flags.flagged, bool),
                             linked_to_member=np.asarray(matches.similarity > self.similarity_threshold, bool))
 
+    def _member_rows(self) -> np.ndarray:
+        """The training images' rows, sorted (``index.csv``'s ``row`` is the position in ``images.npy``)."""
+        return np.sort(self.data.rows("member"))
+
     def describe(self) -> dict:
         """The ``screens`` object of release.json."""
         verifier = self.gallery.verifier
+        rows = self._member_rows()
+        member_patients = len(set(self.data.index["patient_id"].to_numpy()[rows]))
         return {
             "near_copy": {
                 "test": "Carlini et al. copy ratio: distance to the nearest training image / mean distance to the "
-                        f"{CARLINI_NEIGHBOURS} nearest (per-image standardised pixels)",
+                        f"nearest image of each of the {CARLINI_NEIGHBOURS} nearest training patients (per-image "
+                        "standardised pixels; one image per patient)",
                 "ratio_threshold": self.copy_ratio,
-                "neighbours": min(CARLINI_NEIGHBOURS, len(self.data.rows("member"))),
-                "member_images": int(len(self.data.rows("member"))),
+                "neighbours": min(CARLINI_NEIGHBOURS, member_patients),
+                "member_images": int(len(rows)),
             },
             "linked_to_member": {
                 "test": "cosine similarity of the patient-verification embedding to the most similar training image",
@@ -232,10 +281,19 @@ class ReleaseScreen:
                 "network": {
                     "steps": verifier.config.steps, "input_size": verifier.config.input_size,
                     "embedding_dim": verifier.config.embedding_dim, "train_patients": len(self.gallery.train_patients),
-                    "final_loss": verifier.info.get("final_loss"), "seed": verifier.config.seed,
+                    "seed": verifier.config.seed,
                 },
             },
         }
+
+
+class NoScreen:
+    """Passes every candidate: the release of a DP run that is not screened (see the module docstring)."""
+
+    def screen(self, images: np.ndarray) -> ScreenResult:
+        """Nothing flagged."""
+        nothing = np.zeros(len(images), bool)
+        return ScreenResult(near_copy=nothing, linked_to_member=nothing.copy())
 
 
 def calibration_patients(data: PreparedData, seed: int, fraction: float = CALIBRATION_FRACTION) -> list[str]:
@@ -318,6 +376,19 @@ class Candidates:
     rows: list[dict[str, str]]
 
 
+PUBLIC_SAMPLING_KEYS: tuple[str, ...] = ("sampler", "steps", "labels", "guidance", "model_sha256")
+"""The sampling settings release.json copies: everything but the (secret) seed."""
+
+
+def secret_seed() -> int:
+    """A fresh seed for one release's candidates, from the OS's cryptographic random source.
+
+    Never written to the release folder (nor logged): with it and the model, anyone could
+    regenerate the candidates the screen dropped.
+    """
+    return secrets.randbits(63)
+
+
 class CandidateSource(Protocol):
     """Produces candidates ``start .. start+count-1``."""
 
@@ -327,14 +398,18 @@ class CandidateSource(Protocol):
 class SampledCandidates:
     """Candidates from the sample stage, generated into a scratch folder (PNG, lossless).
 
+    The scratch folder (its manifest and ``sampling.json`` name the seed) is deleted before the
+    release folder appears.
+
     Args:
         run: the run folder.
         folder: scratch folder (created).
         options: sampling settings of the release.
+        seed: the candidates' seed (:func:`secret_seed`; never written outside the scratch folder).
     """
 
-    def __init__(self, run: Path, folder: Path, options: ReleaseOptions) -> None:
-        self.run, self.folder, self.options = Path(run), Path(folder), options
+    def __init__(self, run: Path, folder: Path, options: ReleaseOptions, seed: int) -> None:
+        self.run, self.folder, self.options, self.seed = Path(run), Path(folder), options, int(seed)
 
     def __call__(self, start: int, count: int) -> Candidates:
         """Generate images ``0 .. start+count-1`` (those present are skipped) and read ``start ..``."""
@@ -343,7 +418,7 @@ class SampledCandidates:
 
         options = self.options
         generate_samples(self.run, start + count, sampler=options.sampler, steps=options.steps,
-                         batch_size=options.batch_size, seed=options.seed, out=self.folder, image_format="png",
+                         batch_size=options.batch_size, seed=self.seed, out=self.folder, image_format="png",
                          label=options.label, label_mix=options.label_mix, guidance_scale=options.guidance_scale,
                          device=options.device, progress=options.progress)
         with (self.folder / SAMPLE_MANIFEST).open(newline="") as handle:
@@ -355,7 +430,10 @@ class SampledCandidates:
         return Candidates(np.array([int(row["index"]) for row in rows]), np.stack(images), rows)
 
     def settings(self) -> dict:
-        """The sample stage's ``sampling.json`` of the scratch folder (empty before the first batch)."""
+        """The sample stage's ``sampling.json`` of the scratch folder (empty before the first batch).
+
+        It holds the secret seed: :data:`PUBLIC_SAMPLING_KEYS` is what release.json copies.
+        """
         from cxrsynth.sample import SETTINGS_FILE
 
         path = self.folder / SETTINGS_FILE
@@ -471,8 +549,8 @@ def write_images(folder: Path, selection: Selection, image_format: str) -> list[
             Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")
             atomic_write_bytes(folder / name, buffer.getvalue())
         else:
-            comment = (f"index={row['index']} seed={row['seed']} sampler={row['sampler']} steps={row['steps']} "
-                       f"label={row.get('label') or '-'}")
+            # No seed or candidate index: they would let a reader regenerate the dropped candidates.
+            comment = f"sampler={row['sampler']} steps={row['steps']} label={row.get('label') or '-'}"
             write_synthetic_dicom(folder / name, pixels, series, instance_number=position + 1, comment=comment)
         rows.append({column: (name if column == "file" else row.get(column, "")) for column in MANIFEST_COLUMNS})
     return rows
@@ -505,15 +583,134 @@ def read_audit(run: Path) -> dict:
         raise CxrsynthError(f"{path} cannot be read ({exc})", f"re-run `cxrsynth audit --run {run}`") from None
 
 
-def _warnings(audit: dict, selection: Selection) -> list[str]:
+@dataclass(frozen=True)
+class ReleasePrivacy:
+    """What a release's privacy rests on: the run's DP guarantee, the screen, or both.
+
+    Attributes:
+        dp: the run was trained with differential privacy (``RUN/privacy.json`` exists).
+        screened: the candidates are screened against the member images.
+        epsilon, delta, unit: the run's guarantee (None without DP).
+        conditional: the model is label-conditional (its label sets come from the member split).
+    """
+
+    dp: bool
+    screened: bool
+    epsilon: float | None = None
+    delta: float | None = None
+    unit: str | None = None
+    conditional: bool = False
+
+    @property
+    def covered_by_dp(self) -> bool:
+        """True when every file of the release is a function of the DP model alone."""
+        return self.dp and not self.screened
+
+    def statement(self) -> str:
+        """The release's privacy in plain words (release.json ``privacy.statement``)."""
+        if not self.dp:
+            return ("Not trained with differential privacy: there is no formal guarantee. Every image passed the "
+                    "screen (no near-copy of a training image, not linked to a training patient), which removes "
+                    "the visible leaks but proves nothing.")
+        guarantee = f"(ε = {self.epsilon:.3g}, δ = {self.delta:.3g}) per {self.unit}"
+        if self.screened:
+            return (f"NOT covered by the run's differential-privacy guarantee {guarantee}: the images were screened "
+                    "against the member images (--screen), a step that is not differentially private, so which "
+                    "candidates were released depends on the training patients beyond what (ε, δ) bounds.")
+        return (f"Covered by the run's differential-privacy guarantee {guarantee}: the images come from the DP-trained "
+                "model alone and were not screened against the training images (a screen would look at the member "
+                "images, which (ε, δ) does not cover).")
+
+    def caveats(self) -> list[str]:
+        """What the statement does not cover (release.json ``privacy.caveats``)."""
+        caveats = []
+        if self.dp and self.unit != "patient":
+            caveats.append(f"the unit is one {self.unit}: a patient with k {self.unit}s is protected only at about k·ε")
+        if self.dp and self.conditional:
+            caveats.append("labels: the model's label sets, and the frequencies of --label-mix from-data, are those of "
+                           "the member split as stored with the model (pipeline/); (ε, δ) covers them only if training "
+                           "made them private")
+        return caveats
+
+    def to_json(self) -> dict:
+        """The ``privacy`` object of release.json."""
+        return {"dp": self.dp, "screened": self.screened, "covered_by_dp": self.covered_by_dp,
+                "epsilon": self.epsilon, "delta": self.delta, "unit": self.unit,
+                "statement": self.statement(), "caveats": self.caveats()}
+
+
+def read_privacy(run: Path) -> dict | None:
+    """The run's ``privacy.json`` (DP runs only), or None for a run trained without DP.
+
+    Raises:
+        CxrsynthError: when privacy.json exists but cannot be read or holds no valid ``epsilon`` and
+            ``delta`` — such a run is neither safely DP nor safely non-DP.
+    """
+    path = run / PRIVACY_FILE
+    if not path.exists():
+        return None
+    fix = "re-run the DP training that writes it (`cxrsynth train --run RUN --resume`)"
+    try:
+        privacy = json.loads(path.read_text())
+        epsilon, delta = float(privacy["epsilon"]), float(privacy["delta"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CxrsynthError(f"{path} holds no valid epsilon and delta ({exc})", fix) from None
+    if not (math.isfinite(epsilon) and epsilon >= 0 and 0 <= delta < 1):
+        raise CxrsynthError(f"{path}: epsilon {epsilon} / delta {delta} are not a valid guarantee", fix)
+    return privacy
+
+
+def release_privacy(privacy: dict | None, screen: bool | None, conditional: bool) -> ReleasePrivacy:
+    """Decide whether to screen (see :attr:`ReleaseOptions.screen`) and describe the release's privacy.
+
+    Raises:
+        CxrsynthError: for ``screen=False`` on a run trained without DP.
+    """
+    if privacy is None:
+        if screen is False:
+            raise CxrsynthError(
+                "--no-screen was given, but the run was trained without differential privacy: its images are "
+                "released only screened",
+                "drop --no-screen (unscreened releases are for DP runs, whose guarantee covers them)",
+            )
+        return ReleasePrivacy(dp=False, screened=True, conditional=conditional)
+    return ReleasePrivacy(dp=True, screened=bool(screen), epsilon=float(privacy["epsilon"]),
+                          delta=float(privacy["delta"]), unit=str(privacy.get("unit", "record")), conditional=conditional)
+
+
+def _warnings(audit: dict, selection: Selection, privacy: ReleasePrivacy) -> list[str]:
+    """Warnings for the user; only those that depend on no member data go into a release covered by DP."""
     warnings = []
-    if audit.get("summary", {}).get("leak_detected"):
-        warnings.append("the run's audit detected a privacy leak: the screen removes near-copies and images linked to "
-                        "training patients, but it cannot remove every leak; read the audit before sharing")
-    if selection.generated and selection.dropped / selection.generated > HIGH_DROP_WARNING:
+    if privacy.screened and selection.generated and selection.dropped / selection.generated > HIGH_DROP_WARNING:
         warnings.append(f"{selection.dropped} of {selection.generated} candidates were dropped: the model often "
                         "reproduces its training patients")
+    if audit.get("summary", {}).get("leak_detected"):
+        warnings.append("the run's audit detected a privacy leak: " + (
+            "the screen removes near-copies and images linked to training patients, but it cannot remove every leak"
+            if privacy.screened else "these images are not screened; the DP guarantee bounds the leak, but the audit "
+            "found one: check that training and accounting are correct") + "; read the audit before sharing")
+    if privacy.screened and privacy.dp:
+        warnings.append("screened release of a DP run: it is not covered by the run's (ε, δ) guarantee")
     return warnings
+
+
+def _audit_summary(run: Path, audit: dict, privacy: ReleasePrivacy) -> dict:
+    """The ``audit`` object of release.json; a release covered by DP carries none of the audit's findings."""
+    path = str(run / "audit" / "audit.json")
+    if privacy.covered_by_dp:
+        return {"path": path, "leak_detected": None, "verdict": None,
+                "note": "left out: the audit is computed from the member images, which the DP guarantee does not cover; "
+                        "read it in the run folder"}
+    return {"path": path, "leak_detected": audit.get("summary", {}).get("leak_detected"),
+            "verdict": audit.get("verdict"), "note": None}
+
+
+def _is_conditional(run: Path) -> bool:
+    """True when the run's model is label-conditional (its pipeline holds a label vocabulary)."""
+    from cxrsynth.model.conditioning import LabelVocabulary
+    from cxrsynth.sample import resolve_pipeline_dir
+
+    return LabelVocabulary.load(resolve_pipeline_dir(run)) is not None
 
 
 def release_run(
@@ -523,23 +720,24 @@ def release_run(
     log: Log = _quiet,
     source: Callable[[Path], CandidateSource] | None = None,
 ) -> dict:
-    """Generate, screen and export ``num_images`` synthetic images of a run into ``out``.
+    """Generate, screen (unless a DP run's release is unscreened) and export ``num_images`` synthetic images.
 
     Args:
         run: the run folder (``pipeline/``, ``audit/audit.json``, ``config.yaml`` naming its data).
         out: the output folder (must not exist unless ``options.overwrite``).
         options: release settings (defaults when None).
-        log: receives one line per step.
-        source: builds the candidate source from the scratch folder (default: :class:`SampledCandidates`);
-            tests pass one that plants known images.
+        log: receives one line per step (never the secret seed).
+        source: builds the candidate source from the scratch folder (default: :class:`SampledCandidates`
+            with a :func:`secret_seed`); tests pass one that plants known images.
 
     Returns:
         The ``release.json`` object (see the module docstring).
 
     Raises:
-        CxrsynthError: for invalid options, a run without a trained model, audit or data, too few
-            patients to calibrate the screen, too many candidates dropped, or an existing ``out``.
-            Nothing is left at ``out`` then.
+        CxrsynthError: for invalid options, a run without a trained model or audit, an unreadable
+            privacy.json, no data or too few patients to calibrate the screen, too many candidates
+            dropped, ``--no-screen`` on a run without DP, or an existing ``out``. Nothing is left at
+            ``out`` then.
     """
     from cxrsynth.audit.runner import resolve_device
     from cxrsynth.evaluate.runner import load_run_data
@@ -551,41 +749,47 @@ def release_run(
     started = time.perf_counter()
     resolve_pipeline_dir(run)
     audit = read_audit(run)
+    privacy = release_privacy(read_privacy(run), options.screen, _is_conditional(run))
     if out.exists() and not options.overwrite:
         raise CxrsynthError(f"output folder {out} already exists", "choose another --out, or pass --overwrite")
-    data = load_run_data(run, options.data)
-    device = resolve_device(options.device)
-    screen = build_screen(data, options, device=device, log=log)
+    log(privacy.statement())
+    screen: ReleaseScreen | NoScreen = NoScreen()
+    if privacy.screened:
+        data = load_run_data(run, options.data)
+        screen = build_screen(data, options, device=resolve_device(options.device), log=log)
     setup_seconds = time.perf_counter() - started
     with atomic_directory(out, overwrite=options.overwrite) as folder:
         scratch = folder / CANDIDATES_FOLDER
-        candidates = source(scratch) if source is not None else SampledCandidates(run, scratch, options)
+        candidates = source(scratch) if source is not None else SampledCandidates(run, scratch, options, secret_seed())
         selection = select_release(screen, candidates, options.num_images, options.candidate_limit(), log)
         settings = candidates.settings() if hasattr(candidates, "settings") else {}
-        shutil.rmtree(scratch, ignore_errors=True)  # rejected candidates never leave the scratch folder
+        shutil.rmtree(scratch, ignore_errors=True)  # rejected candidates and the seed never leave the scratch folder
         rows = write_images(folder, selection, options.image_format)
         atomic_write_text(folder / MANIFEST_FILE, manifest_text(rows))
+        warnings = _warnings(audit, selection, privacy)
         report = {
             "format": RELEASE_FORMAT,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "run": str(run),
             "num_images": len(rows),
             "image_format": options.image_format,
-            "sampling": {key: settings.get(key) for key in ("sampler", "steps", "seed", "labels", "guidance", "model_sha256")},
-            "candidates": {"generated": selection.generated, "screened": selection.generated, "passed": selection.passed,
-                           "released": len(rows), "dropped": selection.dropped, "rounds": selection.rounds,
-                           "max_candidates": options.candidate_limit()},
-            "dropped": {"near_copy": selection.near_copy + selection.both,
-                        "linked_to_member": selection.linked_to_member + selection.both,
-                        "both": selection.both, "total": selection.dropped},
-            "screens": screen.describe(),
-            "audit": {"path": str(run / "audit" / "audit.json"),
-                      "leak_detected": audit.get("summary", {}).get("leak_detected"), "verdict": audit.get("verdict")},
-            "warnings": _warnings(audit, selection),
+            "sampling": {key: settings.get(key) for key in PUBLIC_SAMPLING_KEYS},
+            "privacy": privacy.to_json(),
+            "candidates": {"generated": selection.generated, "screened": selection.generated if privacy.screened else 0,
+                           "passed": selection.passed, "released": len(rows), "dropped": selection.dropped,
+                           "rounds": selection.rounds, "max_candidates": options.candidate_limit()},
+            "dropped": ({"near_copy": selection.near_copy + selection.both,
+                         "linked_to_member": selection.linked_to_member + selection.both,
+                         "both": selection.both, "total": selection.dropped} if privacy.screened else None),
+            "screens": screen.describe() if isinstance(screen, ReleaseScreen) else None,
+            "audit": _audit_summary(run, audit, privacy),
+            # A release covered by DP carries no member-dependent sentence (the audit's finding is logged only).
+            "warnings": [] if privacy.covered_by_dp else warnings,
             "seconds": {"screen_setup": round(setup_seconds, 2), "total": round(time.perf_counter() - started, 2)},
         }
         atomic_write_json(folder / RELEASE_FILE, report)
-    for warning in report["warnings"]:
+    for warning in warnings:
         log(f"warning: {warning}")
-    log(f"released {len(rows)} images to {out} ({selection.dropped} of {selection.generated} candidates dropped)")
+    log(f"released {len(rows)} images to {out} ({selection.dropped} of {selection.generated} candidates dropped)"
+        if privacy.screened else f"released {len(rows)} unscreened images to {out}")
     return report
