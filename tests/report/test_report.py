@@ -139,15 +139,35 @@ def test_an_unfinished_run_with_only_its_config_gets_a_report(tiny_run: Path, tm
     assert "Not run" in page.text("training")
 
 
-def test_a_dp_run_shows_its_guarantee_and_the_epsilon_curve(tmp_path: Path) -> None:
-    """A real (4-step) DP training run: the report reads the privacy.json and ε log that DP training writes."""
+TRAINING_SEED = 987654
+"""A distinctive training seed: a DP run's report and model card must not name it."""
+
+POWER_TEXT = "with 4 vs 4 patients, an attack with AUC below 0.99 would go unnoticed"
+
+
+def with_new_audit_keys(audit: dict, understates: bool) -> dict:
+    """``audit`` with the power, patient-id and family-test keys the audit writes (values fixed for the assertions)."""
+    summary = {**audit["summary"], "family_alpha": 0.05,
+               "tests": [{"name": "loss:auc", "p_value": 0.41, "adjusted_p_value": 0.82, "rejected": False},
+                         {"name": "reidentification:links", "p_value": 0.37, "adjusted_p_value": 0.82, "rejected": False}]}
+    return {**audit, "summary": summary,
+            "power": {"min_detectable_auc": 0.99, "min_detectable_tpr": None, "at_fpr": 0.0, "n_members": 4,
+                      "n_nonmembers": 4, "alpha": 0.05, "power": 0.8, "text": POWER_TEXT},
+            "patient_ids": {"real": not understates, "understates_leakage": understates,
+                            "note": "one patient per image" if understates else None}}
+
+
+def test_a_dp_run_shows_its_guarantee_and_the_epsilon_curve(tiny_run: Path, tmp_path: Path) -> None:
+    """A real (4-step) DP training run: the report reads the privacy.json and ε log that DP training writes;
+    it never names the training seed, and labels everything its guarantee does not cover."""
     from cxrsynth.config import TrainConfig
     from cxrsynth.train import train
 
     data = make_prepared_folder(tmp_path / "data", n_patients=24, images_per_patient=2, size=32)
     run = tmp_path / "run"
     train(TrainConfig(data=str(data), preset="tiny", max_steps=4, batch_size=4, lr=1e-3, warmup_steps=1, dp=True,
-                      epsilon=8.0, checkpoint_every=4, keep_checkpoints=1, progress_every=0, log_every=2), run)
+                      epsilon=8.0, checkpoint_every=4, keep_checkpoints=1, progress_every=0, log_every=2,
+                      seed=TRAINING_SEED), run)
     privacy = json.loads((run / "privacy.json").read_text())
     result = write_report(run)
     page = parse(result.html)
@@ -161,6 +181,61 @@ def test_a_dp_run_shows_its_guarantee_and_the_epsilon_curve(tmp_path: Path) -> N
     assert "Not run" in page.text("audit") and "cxrsynth audit --run" in page.text("audit")
     assert f"ε = {privacy['epsilon']:.3g}" in result.model_card.read_text()
     assert any(label == "DP guarantee" for label, _ in result.verdict.key_numbers)
+    assert str(TRAINING_SEED) not in result.html.read_text() and str(TRAINING_SEED) not in result.model_card.read_text()
+    assert "un-noised training loss of the member images" in page.text("training")
+    assert "not covered by the DP guarantee: the logged throughput" in page.text("summary")
+
+    # The tiny run's evaluation, samples and audit (with the audit's newer keys), as if this run had them.
+    for folder in ("eval", "samples", "audit"):
+        shutil.copytree(tiny_run / folder, run / folder)
+    audit = json.loads((run / "audit" / "audit.json").read_text())
+    (run / "audit" / "audit.json").write_text(json.dumps(with_new_audit_keys(audit, understates=True)))
+    result = write_report(run)
+    page, card = parse(result.html), result.model_card.read_text()
+    for raw in (result.html.read_text(), card):
+        assert str(TRAINING_SEED) not in raw
+    assert "real patients, not synthetic: not covered by the DP guarantee" in page.text("images")
+    fidelity = page.text("fidelity")
+    assert "FD (domain) †" in fidelity and "† not covered by the DP guarantee" in fidelity
+    assert "TRTR and the ratio are not covered by the DP guarantee" in page.text("utility")
+    audit_text = page.text("audit")
+    for expected in ("The audit's numbers are not covered by the DP guarantee", "This audit understates leakage",
+                     f"Audit power: {POWER_TEXT}.", "Holm-adjusted p-value", "reidentification:links",
+                     "≥ 90% joint confidence (two one-sided 95% bounds)"):
+        assert expected in audit_text and expected in card, expected
+    assert "not covered by the DP guarantee" in page.text("roc") + page.text("memorization")
+    verdict = page.text("verdict")
+    assert "understates leakage" in verdict and "The audit's numbers are not covered" in verdict
+    assert "FD (domain) †" in card and "95% confidence" not in card
+    if not result.verdict.answer("privacy").level == "bad":  # no leak detected: the verdict states the power
+        assert f"Audit power: {POWER_TEXT}." in verdict
+
+
+def test_a_run_without_dp_names_its_seed_and_labels_nothing(tiny_run: Path, tmp_path: Path) -> None:
+    run = copy_run(tiny_run, tmp_path / "run")
+    result = write_report(run)
+    card = result.model_card.read_text()
+    assert "seed 0" in card
+    assert "not covered by the DP guarantee" not in card + result.html.read_text()
+    assert "†" not in parse(result.html).text("fidelity")
+
+
+def test_an_old_audit_json_without_power_tests_or_patient_ids_is_still_reported(tiny_run: Path, tmp_path: Path) -> None:
+    run = copy_run(tiny_run, tmp_path / "run")
+    audit = json.loads((run / "audit" / "audit.json").read_text())
+    for key in ("power", "patient_ids"):
+        audit.pop(key, None)
+    for key in ("tests", "family_alpha", "family_method"):
+        audit["summary"].pop(key, None)
+    for result in (audit.get("reidentification"), (audit.get("memorization") or {}).get("dcr_pixel")):
+        if result and "p_value" in result:
+            result["binomial_p_value"] = result.pop("p_value")  # the key's name before the relabelling tests
+    (run / "audit" / "audit.json").write_text(json.dumps(audit))
+    result = write_report(run)
+    page = parse(result.html)
+    assert "Audit power" not in page.text("audit") and "Holm-adjusted" not in page.text("audit")
+    assert "Audit power" not in result.model_card.read_text()
+    assert "p = " in page.text("verdict")
 
 
 def test_no_real_images_leaves_out_the_real_grid_and_the_training_pairs(tiny_run: Path, tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from cxrsynth.audit.runner import summarise
 from cxrsynth.report.verdict import privacy_answer, realism_answer, utility_answer
 
 PRIVACY = {"epsilon": 4.0, "delta": 1e-5, "target_epsilon": 4.0, "unit": "patient", "accountant": "prv",
@@ -15,16 +14,45 @@ def attack(access: str = "white-box", auc: float = 0.5, ci=(0.45, 0.55), eps: fl
             "eps_lower_bound": eps, "tpr_at_1pct_fpr": 0.01, "tpr_at_zero_fpr": 0.0}
 
 
-def audit(n: int = 500, attacks: dict | None = None, flagged: int = 0, reid_p: float = 0.5) -> dict:
+POWER_TEXT = "with 500 vs 500 patients, an attack with AUC below 0.56 would go unnoticed"
+
+
+def audit(n: int = 500, attacks: dict | None = None, flagged: int = 0, reid_p: float = 0.5, *, power: bool = True,
+          understates: bool = False) -> dict:
+    """An audit.json as the audit writes it: attacks, memorization, re-identification, the family-wise summary,
+    its power and whether patient ids are real (``power=False``: an audit.json written before those keys)."""
+    attacks = attacks if attacks is not None else {"loss": attack(), "nn": attack("black-box"), "blind": attack("none")}
+    scored = {name: result for name, result in attacks.items() if result["access"] != "none"}
+    p_values = {f"{name}:auc": 1e-6 if result["auc_ci"][0] > 0.5 else 0.4 for name, result in scored.items()}
+    p_values["memorization:copies"] = 1e-4 if flagged else 0.6
+    p_values["reidentification:links"] = reid_p
+    level = 0.05 / len(p_values)  # the first Holm step is enough for these clear-cut fixtures
+    tests = [{"name": name, "p_value": value, "adjusted_p_value": min(1.0, value * len(p_values)),
+              "rejected": value < level} for name, value in p_values.items()]
+    rejected = {test["name"] for test in tests if test["rejected"]}
+    worst_eps = max(scored, key=lambda name: scored[name]["eps_lower_bound"]) if scored else None
     report = {
         "n_evaluation": {"members": n, "nonmembers": n}, "delta": 1e-5,
-        "attacks": attacks if attacks is not None else {"loss": attack(), "nn": attack("black-box"),
-                                                         "blind": attack("none")},
+        "attacks": attacks,
         "memorization": {"n_flagged": flagged, "n_synthetic": 1000, "ratio_threshold": 1 / 6, "dcr_pixel": None},
         "reidentification": {"verification_auc": 0.95, "fraction_linked_to_member": 0.5,
-                             "fraction_linked_to_holdout": 0.5, "binomial_p_value": reid_p},
+                             "fraction_linked_to_holdout": 0.5, "p_value": reid_p},
+        "summary": {
+            "attacks_beating_chance": [name for name in scored if f"{name}:auc" in rejected],
+            "worst_tpr_at_1pct_fpr": {"attack": "loss", "value": 0.01},
+            "worst_tpr_at_zero_fpr": {"attack": "loss", "value": 0.0},
+            "worst_eps_lower_bound": {"attack": worst_eps, "value": scored[worst_eps]["eps_lower_bound"]} if worst_eps else None,
+            "blind_check_passed": True, "tests": tests, "family_alpha": 0.05, "leak_detected": bool(rejected),
+        },
     }
-    report["summary"] = summarise(report)
+    if power:
+        report["power"] = {"min_detectable_auc": 0.56, "min_detectable_tpr": 0.02, "at_fpr": 0.0, "n_members": n,
+                           "n_nonmembers": n, "alpha": 0.05, "power": 0.8, "text": POWER_TEXT}
+        report["patient_ids"] = {"real": not understates, "understates_leakage": understates,
+                                 "note": "one patient per image (folder source)" if understates else None}
+    else:  # before the family-wise flag: no tests, and the re-identification p-value under its old name
+        del report["summary"]["tests"], report["summary"]["family_alpha"]
+        report["reidentification"]["binomial_p_value"] = report["reidentification"].pop("p_value")
     return report
 
 
@@ -117,3 +145,43 @@ def test_a_privacy_json_without_a_valid_epsilon_is_no_guarantee() -> None:
     assert answer.level == "caution" and "cannot be stated" in text(answer.evidence)
     assert any("never show their absence" in claim for claim in answer.cannot_claim)
     assert privacy_answer(None, {"unit": "patient"}, "c").short == "not measured"
+
+
+def test_no_leak_states_the_audits_power_and_a_leak_does_not() -> None:
+    answer = privacy_answer(audit(), None, "cxrsynth audit --run r")
+    assert f"Audit power: {POWER_TEXT}." in text(answer.can_claim)
+    leaky = privacy_answer(audit(flagged=3), None, "cxrsynth audit --run r")
+    assert "Audit power" not in text(leaky.can_claim)
+
+
+def test_an_audit_without_real_patient_ids_says_it_understates_leakage() -> None:
+    for flagged in (0, 3):  # leak or not, the real leak may be larger
+        answer = privacy_answer(audit(flagged=flagged, understates=True), None, "cxrsynth audit --run r")
+        assert "This audit understates leakage: the data has no real patient ids" in answer.evidence[0]
+        assert "one patient per image" in answer.evidence[0]
+        assert "understates leakage" in answer.cannot_claim[0]
+    assert "understates" not in text(privacy_answer(audit(), None, "c").evidence)
+
+
+def test_the_epsilon_lower_bound_claims_joint_confidence() -> None:
+    leaky = audit(attacks={"loss": attack(auc=0.9, ci=(0.85, 0.95), eps=1.5), "blind": attack("none")})
+    evidence = text(privacy_answer(leaky, None, "c").evidence)
+    assert "with ≥ 90% joint confidence (two one-sided 95% bounds) the model's true ε is at least this" in evidence
+    assert "95% confidence" not in evidence
+
+
+def test_an_audit_json_from_before_power_and_family_tests_still_gets_a_verdict() -> None:
+    answer = privacy_answer(audit(power=False), None, "cxrsynth audit --run r")
+    assert answer.level == "caution" and "Audit power" not in text(answer.can_claim)
+    assert "p = 0.5" in text(answer.evidence)  # re-identification's binomial_p_value
+    assert privacy_answer(audit(reid_p=0.001, power=False), None, "c").level == "bad"
+
+
+def test_a_dp_run_labels_what_its_guarantee_does_not_cover() -> None:
+    answer = privacy_answer(audit(), PRIVACY, "cxrsynth audit --run r")
+    assert any("The audit's numbers are not covered by the DP guarantee" in line for line in answer.evidence)
+    realism = realism_answer(fidelity(11.0, (9.0, 14.0)), "c", dp=True)
+    assert "computed with a classifier trained on the member images" in realism.evidence[0]
+    assert "not covered" not in text(realism_answer(fidelity(11.0, (9.0, 14.0)), "c").evidence)
+    useful = utility_answer(fidelity(1, (1, 1), utility=utility(0.78, (0.72, 0.84))), True, "r", "c", dp=True)
+    assert "TRTR and the ratio are not covered by the DP guarantee" in useful.evidence[0]

@@ -38,12 +38,14 @@ def _figure_png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def training_curve_png(records: list[dict], target_epsilon: float | None = None) -> bytes | None:
+def training_curve_png(records: list[dict], target_epsilon: float | None = None, private_loss: bool = False) -> bytes | None:
     """Loss (log scale) against step, with ε against step beside it when the records carry ``epsilon``.
 
     Args:
         records: ``train_log.jsonl`` records (``step``, ``loss``, optionally ``epsilon``).
         target_epsilon: drawn as a dashed line on the ε panel when given.
+        private_loss: the run is DP: the loss panel's title says the loss is not covered by the
+            guarantee (it is the members' un-noised loss), so the figure is labelled even when cut out.
 
     Returns:
         PNG bytes, or None when no record has a finite loss.
@@ -63,7 +65,8 @@ def training_curve_png(records: list[dict], target_epsilon: float | None = None)
     loss_axis.set_yscale("log")
     loss_axis.set_xlabel("optimizer step")
     loss_axis.set_ylabel("training loss (ε-prediction MSE)")
-    loss_axis.set_title("training loss", fontsize=10)
+    loss_axis.set_title("training loss: members, un-noised\n(not covered by the DP guarantee)" if private_loss
+                        else "training loss", fontsize=10)
     loss_axis.grid(True, which="both", alpha=0.3)
     if epsilons:
         eps_axis = axes[0][1]

@@ -7,6 +7,8 @@ tables whole and keeps the colours of the verdict).
 
 Every section has a stable ``id`` (:data:`SECTION_IDS`); a stage that has not run shows "Not run"
 and the command that runs it. All text from the run folder is escaped with :func:`html.escape`.
+For a DP run, whatever the guarantee does not cover is labelled where it is shown (:mod:`.coverage`),
+and the training seed is not printed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from cxrsynth.report import coverage
 
 SECTION_IDS: tuple[str, ...] = (
     "verdict", "pipeline", "summary", "training", "images", "fidelity", "utility", "privacy",
@@ -212,13 +216,15 @@ def summary_section(contents) -> str:
         rows += [("UNet preset", config.preset), ("conditional on labels", "yes" if config.conditional else "no"),
                  ("steps trained / planned", f"{logged} / {total}"),
                  ("batch size × accumulation", f"{config.batch_size} × {config.grad_accum}"),
-                 ("learning rate, EMA decay", f"{config.lr:g}, {config.ema_decay:g}"), ("seed", config.seed)]
+                 ("learning rate, EMA decay", f"{config.lr:g}, {config.ema_decay:g}"),
+                 ("seed", config.seed if coverage.show_training_seed(contents.trained_with_dp) else coverage.SEED_HIDDEN)]
     if facts is not None:
         images_per_step = facts.global_batch_size
         rows += [("parameters", f"{facts.unet_parameters:,}"), ("label sets", facts.label_sets),
                  ("members trained on", f"{facts.member_images:,} images of {facts.member_patients:,} patients"),
                  ("training time", _duration(training_seconds(contents.train_log, images_per_step))
-                  + " (from logged throughput; excludes start-up and checkpoints)"),
+                  + " (from logged throughput; excludes start-up and checkpoints)"
+                  + (f" — {coverage.THROUGHPUT_LABEL}" if contents.trained_with_dp else "")),
                  ("hardware", _hardware(contents)),
                  ("versions", ", ".join(f"{name} {version}" for name, version in facts.versions.items()))]
     rows.append(("differential privacy", "yes" if contents.trained_with_dp else "no"))
@@ -241,8 +247,12 @@ def training_section(contents, images: Images) -> str:
     if images.training_curve is None:
         status = contents.stages["train"]
         return section("training", "Training", not_run(f"no training log: {status.summary}", status.command))
-    body = img(images.training_curve, "training loss against step", "Mean training loss per logged step (log scale)"
-               + ("; ε spent against step." if contents.trained_with_dp else "."))
+    if contents.trained_with_dp:
+        caption = (f"Left: mean training loss per logged step (log scale) — {coverage.LOSS_LABEL}. Right: ε spent "
+                   "against step (covered: it depends only on the noise and sampling schedule).")
+    else:
+        caption = "Mean training loss per logged step (log scale)."
+    body = img(images.training_curve, "training loss against step", caption)
     if not contents.has_pipeline:
         body += not_run(contents.stages["train"].summary, contents.stages["train"].command)
     if images.progress is not None:
@@ -261,7 +271,9 @@ def images_section(contents, images: Images, options: PageOptions) -> str:
     if images.real is not None:
         trained = ("training images: the data has no other split" if images.real_split == "member"
                    else "never trained on")
-        real = img(images.real, "real images", f"Real: random images of the {images.real_split} split ({trained}).")
+        label = coverage.REAL_IMAGES_LABEL if contents.trained_with_dp else "real patients, not synthetic"
+        real = img(images.real, "real images",
+                   f"Real: random images of the {images.real_split} split ({trained}) — {label}.")
     elif not options.include_real_images:
         real = '<div class="warning">Real images left out of this report (--no-real-images).</div>'
     else:
@@ -289,14 +301,19 @@ def fidelity_section(contents, images: Images) -> str:
     body = [f"<p>Synthetic images against {fidelity['n_real']:,} real <em>{esc(fidelity['reference'])}</em> images; "
             f"the real baseline is the same metric for unseen real images ({esc(fidelity['baseline_split'])}), i.e. "
             "what “as good as real” looks like at this N.</p>",
-            table(("metric", "value", "real-vs-real baseline", "N"), table_rows(fidelity))]
+            table(("metric", "value", "real-vs-real baseline", "N"),
+                  coverage.mark_fidelity_rows(table_rows(fidelity), fidelity, contents.trained_with_dp))]
+    if contents.trained_with_dp:
+        body.append(f'<p class="meta">{esc(coverage.fidelity_footnote(fidelity))}</p>')
     reasons = _skip_reasons(fidelity)
     if reasons:
         body.append("<p>Not computed:</p>" + table(("metric", "why"), reasons))
     if fidelity.get("warnings"):
         body.append('<div class="warning">' + _bullets(fidelity["warnings"]) + "</div>")
+    domain_caption = "Domain-classifier features, first two principal components" + (
+        f" — {coverage.DOMAIN_LABEL}." if contents.trained_with_dp else ".")
     for name, caption in (("pixel_stats", "Intensity histograms and radial power spectra."),
-                          ("domain_features", "Domain-classifier features, first two principal components.")):
+                          ("domain_features", domain_caption)):
         if name in images.figures:
             body.append(img(images.figures[name], name, caption))
     return section("fidelity", "Fidelity: how realistic", "".join(body))
@@ -325,7 +342,9 @@ def utility_section(contents, images: Images) -> str:
             f"trained on {utility['n_train_real']:,} real member images (TRTR), both tested on {utility['n_test']:,} real "
             f"test images. Ratio TSTR/TRTR: {ratio:.3f}"
             + (f" [{utility['ratio_ci'][0]:.3f}, {utility['ratio_ci'][1]:.3f}]" if utility.get("ratio_ci") else "")
-            + " (95% bootstrap intervals in brackets).</p>",
+            + " (95% bootstrap intervals in brackets)."
+            + (f" {coverage.TRTR_LABEL[0].upper()}{coverage.TRTR_LABEL[1:]}." if contents.trained_with_dp else "")
+            + "</p>",
             table(("finding", "positives (test)", "positives (synthetic)", "AUROC TSTR", "AUROC TRTR"), rows, numeric=(1, 2))]
     if "utility_auroc" in images.figures:
         body.append(img(images.figures["utility_auroc"], "utility AUROC per finding", "AUROC per finding, TSTR vs TRTR."))
@@ -347,8 +366,37 @@ def dp_section(contents) -> str:
     return section("dp", "Differential-privacy guarantee", body, level=3)
 
 
+def _audit_claims(contents) -> list[str]:
+    """The audit's standing above its table: not covered by DP, understated leakage, power, how tests combine."""
+    from cxrsynth.report.verdict import (
+        EPS_LB_CONFIDENCE,
+        family_alpha_sentence,
+        family_test_rows,
+        patient_id_warning,
+        power_statement,
+    )
+
+    audit = contents.audit
+    parts = []
+    if contents.trained_with_dp:
+        parts.append(f'<div class="warning">{esc(coverage.AUDIT_LABEL)}</div>')
+    understated = patient_id_warning(audit)
+    if understated:
+        parts.append(f'<div class="warning"><strong>{esc(understated)}</strong></div>')
+    power = power_statement(audit)
+    if power:
+        parts.append(f"<p>{esc(power)}</p>")
+    rows = family_test_rows(audit)
+    if rows:
+        parts.append(f"<p>{esc(family_alpha_sentence(audit))}</p>"
+                     + table(("test", "p-value", "Holm-adjusted p-value", "rejected"), rows, numeric=(1, 2)))
+    parts.append(f"<p>ε lower bound: the empirical lower bound on the model's ε at δ = {audit['delta']:g}, with "
+                 f"{esc(EPS_LB_CONFIDENCE)}.</p>")
+    return parts
+
+
 def audit_table_section(contents) -> str:
-    """Membership-inference attacks: AUC with CI, TPR at 1% and 0.1% FPR, ε lower bound, NFE."""
+    """Membership-inference attacks: AUC with CI, TPR at 1% and 0.1% FPR, ε lower bound, NFE; power and tests."""
     from cxrsynth.audit.runner import table_rows
 
     audit = contents.audit
@@ -357,6 +405,7 @@ def audit_table_section(contents) -> str:
     body = [f"<p>Evaluation half: {n} member vs {audit['n_evaluation']['nonmembers']} holdout patients (one image each); "
             f"δ = {audit['delta']:g} ({esc(audit.get('delta_source', ''))}). The audit's own verdict: "
             f"{esc(audit.get('verdict', ''))}</p>",
+            *_audit_claims(contents),
             table(("attack", "access", "member if score", "AUC [95% CI]", "TPR@1%FPR", "TPR@0.1%FPR", "ε lower bound", "NFE"),
                   table_rows(audit), numeric=(4, 5, 6, 7))]
     if notes:
@@ -366,16 +415,27 @@ def audit_table_section(contents) -> str:
     return section("audit", "Membership-inference audit", "".join(body), level=3)
 
 
-def roc_section(images: Images) -> str:
+def _audit_note(contents) -> str:
+    """The sentence that follows an audit caption of a DP run: computed from the members, not covered ("" without DP)."""
+    return f" Computed from the member images: {coverage.NOT_COVERED}." if contents.trained_with_dp else ""
+
+
+def roc_section(contents, images: Images) -> str:
     """The audit's log-log ROC curves."""
     if "roc" not in images.figures:
         return section("roc", "ROC curves (log-log)", not_run("the audit wrote no roc.png", None), level=3)
     return section("roc", "ROC curves (log-log)", img(images.figures["roc"], "ROC curves",
-                   "Every attack on the evaluation half, log-log axes: the low-FPR corner is where a leak matters."), level=3)
+                   "Every attack on the evaluation half, log-log axes: the low-FPR corner is where a leak matters."
+                   + _audit_note(contents)), level=3)
+
+
+def _p(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
 
 
 def memorization_section(contents, images: Images, options: PageOptions) -> str:
     """Memorization numbers and the closest (synthetic | training image) pairs."""
+    from cxrsynth.report.verdict import p_value
     audit = contents.audit
     memorization = audit.get("memorization")
     if memorization is None:
@@ -390,11 +450,14 @@ def memorization_section(contents, images: Images, options: PageOptions) -> str:
         dcr = memorization.get(name)
         if dcr:
             rows.append((f"{name}: closer to member than holdout",
-                         f"{dcr['fraction_closer_to_member']:.1%} (p = {dcr['binomial_p_value']:.3g})"))
+                         f"{dcr['fraction_closer_to_member']:.1%} (p = {_p(p_value(dcr))})"))
     body = table(("memorization", "value"), rows)
+    if contents.trained_with_dp:
+        body += f'<p class="meta">{esc(_audit_note(contents).strip())}</p>'
     if "memorization" in images.figures and options.include_real_images:
         body += img(images.figures["memorization"], "closest synthetic and training image pairs",
-                    "Distance to closest record, and the closest pairs: synthetic | nearest training image.")
+                    "Distance to closest record, and the closest pairs: synthetic | nearest training image (training "
+                    "images are real patients" + (f", {coverage.NOT_COVERED}" if contents.trained_with_dp else "") + ").")
     elif not options.include_real_images:
         body += '<div class="warning">The closest pairs show training images: left out (--no-real-images).</div>'
     return section("memorization", "Memorization", body, level=3)
@@ -402,6 +465,7 @@ def memorization_section(contents, images: Images, options: PageOptions) -> str:
 
 def reidentification_section(contents) -> str:
     """The patient re-identification result."""
+    from cxrsynth.report.verdict import p_value
     audit = contents.audit
     reid = audit.get("reidentification")
     if reid is None:
@@ -411,13 +475,15 @@ def reidentification_section(contents) -> str:
             ("synthetic images linked to member patients", f"{reid['linked_to_member']} of {reid['n_synthetic']} "
              f"({reid['fraction_linked_to_member']:.1%})"),
             ("linked to never-trained-on patients", f"{reid['fraction_linked_to_holdout']:.1%}"),
-            ("one-sided binomial p (towards members)", f"{reid['binomial_p_value']:.3g}"),
+            (f"one-sided p towards members ({reid.get('test') or 'binomial test'})", _p(p_value(reid))),
             ("gallery patients per side", reid["gallery_patients_per_split"]),
             ("network trained on patients", reid["n_train_patients"])]
     text = ("<p>A patient-verification network, trained only on patients that are neither members nor in the gallery, "
             "links each synthetic image to the most similar gallery patient; with equally many member and holdout "
             "patients in the gallery, about half the links go to members when nothing leaks.</p>")
-    return section("reidentification", "Patient re-identification", text + table(("re-identification", "value"), rows), level=3)
+    note = f'<p class="meta">{esc(_audit_note(contents).strip())}</p>' if contents.trained_with_dp else ""
+    return section("reidentification", "Patient re-identification",
+                   text + table(("re-identification", "value"), rows) + note, level=3)
 
 
 def privacy_section(contents, images: Images, options: PageOptions) -> str:
@@ -429,7 +495,7 @@ def privacy_section(contents, images: Images, options: PageOptions) -> str:
                                   ("memorization", "Memorization"), ("reidentification", "Patient re-identification")):
             parts.append(section(section_id, title, not_run(status.summary, status.command), level=3))
     else:
-        parts += [audit_table_section(contents), roc_section(images), memorization_section(contents, images, options),
+        parts += [audit_table_section(contents), roc_section(contents, images), memorization_section(contents, images, options),
                   reidentification_section(contents)]
     return section("privacy", "Privacy", "".join(parts))
 

@@ -2,12 +2,15 @@
 
 Follows the usual model-card headings (Mitchell et al., "Model Cards for Model Reporting", 2019):
 model details, intended use, training data, evaluation, privacy, verdict, limitations, how to use.
-It carries numbers and words only — never an image — so it can travel with the model.
+It carries numbers and words only — never an image — so it can travel with the model. For a DP run
+it never names the training seed, and labels every number the guarantee does not cover (:mod:`.coverage`).
 """
 
 from __future__ import annotations
 
 from typing import Iterable, Sequence
+
+from cxrsynth.report import coverage
 
 
 def _cell(value: object) -> str:
@@ -36,7 +39,8 @@ def _model_details(contents, verdict) -> list[str]:
         ("conditioning", conditioning),
         ("output", f"{facts.image_size}×{facts.image_size} 8-bit grayscale radiographs" if facts else "grayscale radiographs"),
         ("training", f"{facts.total_steps if facts else config.max_steps} steps, batch {config.batch_size} × "
-                     f"{config.grad_accum}, AdamW lr {config.lr:g}, EMA {config.ema_decay:g}, seed {config.seed}"),
+                     f"{config.grad_accum}, AdamW lr {config.lr:g}, EMA {config.ema_decay:g}"
+                     + (f", seed {config.seed}" if coverage.show_training_seed(contents.trained_with_dp) else "")),
         ("differential privacy", verdict.dp_statement),
     ]
     if facts is not None and facts.versions:
@@ -47,8 +51,8 @@ def _model_details(contents, verdict) -> list[str]:
 INTENDED_USE = """## Intended use
 
 - Research and development: testing pipelines, data-augmentation experiments, teaching, and sharing images with
-  people who may not see the real data — after the privacy review below, and only through a screened release
-  (`cxrsynth release`).
+  people who may not see the real data — after the privacy review below, and only through `cxrsynth release`
+  (screened; or, for a DP run, unscreened and covered by its guarantee).
 - **Not** for diagnosis or any clinical decision, **not** as evidence about real patients or populations, and
   **not** as the only data to validate a clinical system.
 - Not anonymous by construction: unless the model was trained with differential privacy, only the audit speaks to
@@ -82,7 +86,10 @@ def _evaluation(contents) -> list[str]:
 
     lines += [f"Against {fidelity['n_real']} real `{fidelity['reference']}` images; the real-vs-real baseline is the same "
               f"metric for unseen real (`{fidelity['baseline_split']}`) images.", "",
-              md_table(("metric", "value", "real-vs-real baseline", "N"), table_rows(fidelity)), ""]
+              md_table(("metric", "value", "real-vs-real baseline", "N"),
+                       coverage.mark_fidelity_rows(table_rows(fidelity), fidelity, contents.trained_with_dp)), ""]
+    if contents.trained_with_dp:
+        lines += [coverage.fidelity_footnote(fidelity), ""]
     skipped = [f"{key}: {fidelity[key + '_skipped']}" for key in ("fid", "utility")
                if fidelity.get(f"{key}_skipped")]
     lines += [f"- Not computed — {reason}" for reason in skipped]
@@ -95,11 +102,31 @@ def _privacy(contents, verdict) -> list[str]:
     if audit is None:
         return lines + [f"Not audited. Run `{contents.stages['audit'].command}`.", ""]
     from cxrsynth.audit.runner import table_rows
+    from cxrsynth.report.verdict import (
+        EPS_LB_CONFIDENCE,
+        family_alpha_sentence,
+        family_test_rows,
+        patient_id_warning,
+        power_statement,
+    )
 
     lines += [f"Audit on {audit['n_evaluation']['members']} member vs {audit['n_evaluation']['nonmembers']} holdout "
-              f"patients (evaluation half): {audit.get('verdict', '')}", "",
-              md_table(("attack", "access", "member if score", "AUC [95% CI]", "TPR@1%FPR", "TPR@0.1%FPR", "ε lower bound",
-                        "NFE"), table_rows(audit)), ""]
+              f"patients (evaluation half): {audit.get('verdict', '')}", ""]
+    if contents.trained_with_dp:
+        lines += [f"- {coverage.AUDIT_LABEL}"]
+    understated = patient_id_warning(audit)
+    if understated:
+        lines += [f"- **{understated}**"]
+    power = power_statement(audit)
+    if power:
+        lines += [f"- {power}"]
+    lines += [f"- ε lower bound: with {EPS_LB_CONFIDENCE}, at δ = {audit['delta']:g}.", ""]
+    lines += [md_table(("attack", "access", "member if score", "AUC [95% CI]", "TPR@1%FPR", "TPR@0.1%FPR",
+                        "ε lower bound", "NFE"), table_rows(audit)), ""]
+    tests = family_test_rows(audit)
+    if tests:
+        lines += [family_alpha_sentence(audit), "",
+                  md_table(("test", "p-value", "Holm-adjusted p-value", "rejected"), tests), ""]
     return lines
 
 
@@ -133,7 +160,7 @@ def _how_to_use(contents) -> list[str]:
     return ["## How to use", "", "```python", "from diffusers import DDPMPipeline", "",
             f'pipeline = DDPMPipeline.from_pretrained("{run / "pipeline"}")', "```", "",
             f"or `cxrsynth sample --run {run} --num-images 100 --sampler dpmsolver`; to share images, "
-            f"`cxrsynth release --run {run} --out DIR` (drops near-copies and images linked to training patients).", ""]
+            f"`cxrsynth release --run {run} --out DIR` ({coverage.release_advice(contents.trained_with_dp)}).", ""]
 
 
 def render_model_card(contents, verdict, generated_at: str, version: str) -> str:

@@ -78,7 +78,8 @@ def gather_images(contents, options: ReportOptions):
     from cxrsynth.report.html import Images
 
     target = contents.privacy.get("target_epsilon") if contents.privacy else None
-    curve = training_curve_png(contents.train_log, float(target) if isinstance(target, (int, float)) else None)
+    curve = training_curve_png(contents.train_log, float(target) if isinstance(target, (int, float)) else None,
+                               private_loss=contents.trained_with_dp)
     synthetic, real, split = synthetic_and_real(contents, seed=options.seed)
     figures = {name: path.read_bytes() for name, path in contents.figures.items() if name != "progress"}
     if not options.include_real_images:

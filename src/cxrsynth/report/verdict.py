@@ -12,9 +12,14 @@ Three questions, each answered by one :class:`Answer` built only from the JSON t
   classifier beats chance but not the real one, ``bad`` when it does not beat chance, ``unknown``
   when even the real-trained classifier does not (the test cannot tell).
 * **Safe to share?** (``audit/audit.json``, ``privacy.json``) — ``bad`` when the audit detected a
-  leak; ``good`` only when the run also has a differential-privacy guarantee; otherwise ``caution``:
-  an audit that finds nothing *bounds* what its attacks can see at its sample size, it never proves
-  that nothing leaks.
+  leak (family-wise controlled by the audit); ``good`` only when the run also has a
+  differential-privacy guarantee; otherwise ``caution``: an audit that finds nothing *bounds* what
+  its attacks can see at its sample size (the audit's ``power`` sentence says how large a leak would
+  go unnoticed), it never proves that nothing leaks. An audit on data without real patient ids
+  understates leakage, and says so.
+
+For a DP run, every number computed from the member images themselves (the domain and TRTR
+classifiers, the audit) is labelled as not covered by the guarantee (:mod:`.coverage`).
 
 Levels are ``good``, ``caution``, ``bad`` and ``unknown`` (not measured or inconclusive).
 """
@@ -23,6 +28,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from cxrsynth.report.coverage import AUDIT_LABEL, DOMAIN_LABEL, TRTR_LABEL, release_advice
 
 LEVELS: tuple[str, ...] = ("good", "caution", "bad", "unknown")
 
@@ -40,6 +47,9 @@ DIVERSITY_MARGIN = 0.1
 
 WEAK_VERIFIER_AUC = 0.7
 """A re-identification network below this verification AUC has little power; the report says so."""
+
+EPS_LB_CONFIDENCE = "≥ 90% joint confidence (two one-sided 95% bounds)"
+"""How sure an empirical ε lower bound is: its two one-sided 95% Clopper–Pearson bounds hold jointly at ≥ 90%."""
 
 TPR_1PCT_MIN_NONMEMBERS = 100
 REID_SIGNIFICANCE = 0.05
@@ -115,15 +125,16 @@ def _not_measured(key: str, question: str, why: str, command: str) -> Answer:
 # ---------------------------------------------------------------------------------------------
 
 
-def _domain_realism(fidelity: dict) -> tuple[str, list[str], list[str]]:
-    """Level, evidence and claims from the domain-feature distance and precision/recall."""
+def _domain_realism(fidelity: dict, dp: bool = False) -> tuple[str, list[str], list[str]]:
+    """Level, evidence and claims from the domain-feature distance and precision/recall (labelled for a DP run)."""
     fd, base, ci = fidelity["fd_domain"], fidelity["fd_domain_real_baseline"], fidelity["fd_domain_ci"]
     n = f"N = {fidelity['n_real']} real {fidelity['reference']} / {fidelity['n_synthetic']} synthetic images"
     ratio = fd / base if base else math.inf
     evidence = [
         f"Fréchet distance in the features of a chest X-ray classifier trained on this data: {fd:.3g}{_interval(ci)} "
         f"from the synthetic to the real {fidelity['reference']} images, against {base:.3g} for unseen real "
-        f"({fidelity['baseline_split']}) images — {ratio:.1f}× the real-vs-real distance ({n})."
+        f"({fidelity['baseline_split']}) images — {ratio:.1f}× the real-vs-real distance ({n})"
+        + (f"; {DOMAIN_LABEL}." if dp else ".")
     ]
     if ci is not None and ci[0] <= base:
         level = "good"
@@ -142,7 +153,8 @@ def _domain_realism(fidelity: dict) -> tuple[str, list[str], list[str]]:
         evidence.append(
             f"Precision {precision:.2f} (real baseline {precision_base:.2f}): share of synthetic images that fall among "
             f"real ones; recall {fidelity['recall_domain']:.2f} (baseline {fidelity['recall_domain_real_baseline']:.2f}): "
-            "share of real images that synthetic ones cover (k-NN, k = 3)."
+            "share of real images that synthetic ones cover (k-NN, k = 3, in the same features)"
+            + (f"; {DOMAIN_LABEL}." if dp else ".")
         )
         if precision < PRECISION_DROP * precision_base and level == "good":
             level = "caution"
@@ -182,8 +194,11 @@ def _secondary_realism(fidelity: dict, level: str, evidence: list[str], cannot: 
     return level
 
 
-def realism_answer(fidelity: dict | None, command: str) -> Answer:
-    """Answer "Realistic?" from ``fidelity.json`` (None: not measured, with ``command`` to run)."""
+def realism_answer(fidelity: dict | None, command: str, dp: bool = False) -> Answer:
+    """Answer "Realistic?" from ``fidelity.json`` (None: not measured, with ``command`` to run).
+
+    ``dp``: the run was trained with DP; the domain-feature evidence is then labelled as not covered.
+    """
     question = "Realistic?"
     if fidelity is None:
         return _not_measured("realism", question, "the evaluate stage has not run", command)
@@ -191,7 +206,7 @@ def realism_answer(fidelity: dict | None, command: str) -> Answer:
     can: list[str] = []
     cannot = ["that radiologists would find the images realistic: no reader study was done."]
     if fidelity.get("fd_domain") is not None and fidelity.get("fd_domain_real_baseline") is not None:
-        level, evidence, can = _domain_realism(fidelity)
+        level, evidence, can = _domain_realism(fidelity, dp)
     else:
         level = "unknown"
         why = fidelity.get("domain_skipped") or "not computed"
@@ -212,7 +227,8 @@ def realism_answer(fidelity: dict | None, command: str) -> Answer:
 # ---------------------------------------------------------------------------------------------
 
 
-def utility_answer(fidelity: dict | None, conditional: bool | None, run_word: str, command: str) -> Answer:
+def utility_answer(fidelity: dict | None, conditional: bool | None, run_word: str, command: str,
+                   dp: bool = False) -> Answer:
     """Answer "Useful?" from ``fidelity.json``'s ``utility`` (train on synthetic, test on real).
 
     Args:
@@ -220,6 +236,7 @@ def utility_answer(fidelity: dict | None, conditional: bool | None, run_word: st
         conditional: whether the model is label-conditional (None: unknown).
         run_word: the run folder, shell-quoted, for the commands suggested.
         command: the command that runs the evaluate stage.
+        dp: the run was trained with DP (the TRTR numbers are then labelled as not covered).
     """
     question = "Useful?"
     if fidelity is None:
@@ -241,7 +258,7 @@ def utility_answer(fidelity: dict | None, conditional: bool | None, run_word: st
         f"A classifier trained only on {utility['n_train_synthetic']} synthetic images reaches macro AUROC "
         f"{tstr:.3f}{_interval(tstr_ci)} on {utility['n_test']} real test images; trained on {utility['n_train_real']} "
         f"real images it reaches {trtr:.3f}{_interval(trtr_ci)}: ratio {ratio:.2f}{_interval(ratio_ci, 2)} "
-        f"(findings: {findings})."
+        f"(findings: {findings})" + (f"; {TRTR_LABEL}." if dp else ".")
     ]
     cannot = ["usefulness for other tasks, findings or patient populations, or for clinical use."]
     unscored = [row["finding"] for row in utility.get("per_finding", []) if row.get("tstr_auroc") is None]
@@ -330,6 +347,35 @@ class _Leaks:
     reidentified: bool
 
 
+def p_value(result: dict) -> float | None:
+    """A test's p-value in audit.json: ``p_value``, or ``binomial_p_value`` in audit.json files written before it."""
+    return _float(result.get("p_value", result.get("binomial_p_value")))
+
+
+def _p_text(value: float | None) -> str:
+    return "not recorded" if value is None else f"{value:.2g}"
+
+
+def _rejected(audit: dict, name: str) -> bool | None:
+    """Whether the family test ``name`` was rejected (None for an audit.json without ``summary.tests``)."""
+    tests = (audit.get("summary") or {}).get("tests")
+    if not tests:
+        return None
+    return any(test.get("name") == name and test.get("rejected") for test in tests if isinstance(test, dict))
+
+
+def _reidentified(audit: dict) -> bool:
+    """True when re-identification found a patient-level leak: its family test rejected (old files: p < 5%)."""
+    reid = audit.get("reidentification")
+    if not reid:
+        return False
+    rejected = _rejected(audit, "reidentification:links")
+    if rejected is not None:
+        return rejected
+    value = p_value(reid)
+    return value is not None and value < REID_SIGNIFICANCE
+
+
 def _leaks(audit: dict) -> _Leaks:
     attacks = audit.get("attacks", {})
     beating = audit["summary"]["attacks_beating_chance"]
@@ -339,8 +385,7 @@ def _leaks(audit: dict) -> _Leaks:
         positive_eps=[name for name, result in attacks.items()
                       if result["access"] != "none" and (result.get("eps_lower_bound") or 0) > 0],
         memorized=int((audit.get("memorization") or {}).get("n_flagged", 0)),
-        reidentified=bool(audit.get("reidentification")
-                          and audit["reidentification"]["binomial_p_value"] < REID_SIGNIFICANCE),
+        reidentified=_reidentified(audit),
     )
 
 
@@ -361,10 +406,12 @@ def _attack_evidence(audit: dict) -> list[str]:
             # Below 0.5 in the published direction: members score the other way, which is still a signal.
             inverted = "; members score opposite to the published direction" if result["auc"] < 0.5 else ""
             phrases.append(f"{name} (AUC {result['auc']:.2f}{ci}{inverted})")
-        evidence.append(f"{len(beating)} of {len(attacks)} attacks beat chance (95% AUC interval excludes 0.5): "
-                        f"{', '.join(phrases)}.")
+        how = ("one of its tests is rejected at family-wise α = 0.05, Holm–Bonferroni" if summary.get("tests")
+               else "95% AUC interval excludes 0.5")
+        evidence.append(f"{len(beating)} of {len(attacks)} attacks beat chance ({how}): {', '.join(phrases)}.")
     elif attacks:
-        evidence.append("No attack beat chance: every attack's 95% AUC interval includes 0.5.")
+        evidence.append("No attack beat chance: no attack's test is rejected at family-wise α = 0.05 (Holm–Bonferroni)."
+                        if summary.get("tests") else "No attack beat chance: every attack's 95% AUC interval includes 0.5.")
     worst = summary.get("worst_tpr_at_1pct_fpr")
     if worst is not None:
         evidence.append(f"At 1% false-positive rate the strongest attack ({worst['attack']}) finds {worst['value']:.1%} "
@@ -376,7 +423,7 @@ def _attack_evidence(audit: dict) -> list[str]:
                         f"attack ({zero['attack']}) finds {zero['value']:.0%} of members.")
     eps = summary.get("worst_eps_lower_bound")
     if eps is not None:
-        meaning = ("with 95% confidence the model's true ε is at least this" if eps["value"] > 0
+        meaning = (f"with {EPS_LB_CONFIDENCE} the model's true ε is at least this" if eps["value"] > 0
                    else "no attack separated members from non-members beyond statistical noise")
         evidence.append(f"Largest empirical ε lower bound: {eps['value']:.2f} ({eps['attack']}, δ = {audit['delta']:g}): "
                         f"{meaning}.")
@@ -390,7 +437,7 @@ def _image_evidence(audit: dict) -> list[str]:
     if memorization is not None:
         dcr = memorization.get("dcr_pixel") or {}
         closer = (f"; {dcr['fraction_closer_to_member']:.0%} are closer to a training image than to a never-trained-on "
-                  f"one (p = {dcr['binomial_p_value']:.2g}; about 50% when nothing leaks)") if dcr else ""
+                  f"one (p = {_p_text(p_value(dcr))}; about 50% when nothing leaks)") if dcr else ""
         evidence.append(f"Memorization: {memorization['n_flagged']} of {memorization['n_synthetic']} synthetic images "
                         f"are near-copies of a training image (Carlini et al.'s ratio test, threshold "
                         f"{memorization['ratio_threshold']:.3g}){closer}.")
@@ -403,7 +450,7 @@ def _image_evidence(audit: dict) -> list[str]:
         evidence.append(f"Re-identification: a patient-verification network (AUC {reid['verification_auc']:.2f} on unseen "
                         f"patients) linked {reid['fraction_linked_to_member']:.0%} of synthetic images to training "
                         f"patients and {reid['fraction_linked_to_holdout']:.0%} to as many never-trained-on patients "
-                        f"(p = {reid['binomial_p_value']:.2g}; equal shares mean no patient-level leak).{weak}")
+                        f"(p = {_p_text(p_value(reid))}; equal shares mean no patient-level leak).{weak}")
     elif audit.get("reidentification_skipped"):
         evidence.append(f"Re-identification not measured: {audit['reidentification_skipped']}.")
     passed = audit["summary"].get("blind_check_passed")
@@ -421,22 +468,69 @@ def _widest_interval(audit: dict) -> float | None:
     return max(widths) if widths else None
 
 
+def power_statement(audit: dict) -> str | None:
+    """The audit's power in one sentence (audit.json ``power``): how large a leak would go unnoticed.
+
+    Returns:
+        The sentence, or None for an audit.json written before the audit measured its power.
+    """
+    power = audit.get("power")
+    if not isinstance(power, dict) or not power.get("text"):
+        return None
+    return "Audit power: " + str(power["text"]).strip().rstrip(".") + "."
+
+
+def patient_id_warning(audit: dict) -> str | None:
+    """The warning that the audit **understates** leakage (audit.json ``patient_ids``), or None when it does not."""
+    ids = audit.get("patient_ids")
+    if not isinstance(ids, dict) or not ids.get("understates_leakage"):
+        return None
+    why = "the data has no real patient ids" if ids.get("real") is False else "patient ids may not identify patients"
+    note = f" ({str(ids['note']).strip().rstrip('.')})" if ids.get("note") else ""
+    return (f"This audit understates leakage: {why}{note}, so member and holdout images may come from the same real "
+            "patients; a model that memorised a patient then also scores that patient's holdout images as members, "
+            "hiding part of the leak.")
+
+
+def family_test_rows(audit: dict) -> list[tuple[str, str, str, str]]:
+    """Rows (test, p-value, Holm-adjusted p-value, rejected) of audit.json ``summary.tests`` (empty when absent)."""
+    def p(value) -> str:
+        return "—" if value is None else f"{float(value):.3g}"
+
+    tests = (audit.get("summary") or {}).get("tests") or []
+    return [(str(test.get("name", "?")), p(test.get("p_value")), p(test.get("adjusted_p_value")),
+             "yes" if test.get("rejected") else "no") for test in tests if isinstance(test, dict)]
+
+
+def family_alpha_sentence(audit: dict) -> str:
+    """How the audit's tests are combined into one leak flag."""
+    alpha = (audit.get("summary") or {}).get("family_alpha", 0.05)
+    return (f"A leak is reported when any test rejects at family-wise α = {float(alpha):g} (Holm–Bonferroni over "
+            "the tests below).")
+
+
 def _privacy_claims(audit: dict, leaks: _Leaks, dp: bool) -> tuple[list[str], list[str], list[str]]:
     """(can claim, cannot claim, next steps) from the audit's findings."""
     n = audit["n_evaluation"]["members"]
     can, cannot, steps = [], [], []
     width = _widest_interval(audit)
     if not audit["summary"]["leak_detected"]:
-        bound = f"; their AUC intervals are up to ±{width:.2f} wide, so smaller leaks would go unnoticed" if width else ""
-        can.append(f"The audit's attacks found no membership leak on {n}/{n} evaluation patients{bound}. "
-                   "This bounds, not proves, the leak: stronger attacks or more patients may find one.")
+        found = f"The audit's attacks found no membership leak on {n}/{n} evaluation patients"
+        power = power_statement(audit)
+        if power is not None:  # the audit's own power analysis says how large a leak would go unnoticed
+            found += f". {power}"
+        elif width:
+            found += f"; their AUC intervals are up to ±{width:.2f} wide, so smaller leaks would go unnoticed."
+        else:
+            found += "."
+        can.append(found + " This bounds, not proves, the leak: stronger attacks or more patients may find one.")
     if leaks.memorized == 0 and audit.get("memorization") is not None:
         can.append(f"None of the {audit['memorization']['n_synthetic']} audited synthetic images is a near-copy of a "
                    "training image.")
     reid = audit.get("reidentification")
     if reid is not None and not leaks.reidentified:
         can.append("Synthetic images are not linked to training patients more often than to unseen patients "
-                   f"(p = {reid['binomial_p_value']:.2g}).")
+                   f"(p = {_p_text(p_value(reid))}).")
     if not dp:
         cannot.append("that the model or its images are private or anonymous: an audit shows leaks, it can never "
                       "show their absence.")
@@ -449,16 +543,18 @@ def _privacy_claims(audit: dict, leaks: _Leaks, dp: bool) -> tuple[list[str], li
         steps.append("Do not share the model weights: white-box attacks tell members from non-members.")
     if leaks.image_attacks or leaks.memorized or leaks.reidentified:
         cannot.append("that the synthetic images can be shared as they are: they carry signal about training patients.")
-        steps.append("Share synthetic images only through `cxrsynth release`, which drops near-copies and images "
-                     "linked to training patients, and re-audit.")
+        steps.append("Share synthetic images only through `cxrsynth release" + (" --screen" if dp else "") + "` ("
+                     + release_advice(dp) + "), and re-audit.")
     elif audit["summary"]["leak_detected"]:
         steps.append("The image-based tests found nothing, but they are weaker than white-box attacks: if images are "
-                     "shared, screen them with `cxrsynth release`.")
+                     "shared, screen them with `cxrsynth release" + (" --screen" if dp else "") + "` ("
+                     + release_advice(dp) + ").")
     if not dp:
         steps.append("For a formal bound, train with differential privacy (`cxrsynth train --dp --epsilon E …`, "
                      "see `cxrsynth train --help`).")
-    cannot.append("that newly generated images are safe: the memorization and re-identification tests checked only "
-                  "the audited samples (`cxrsynth release` screens new ones).")
+    if not dp:  # a DP run's new images are covered by its guarantee, audited or not
+        cannot.append("that newly generated images are safe: the memorization and re-identification tests checked "
+                      "only the audited samples (`cxrsynth release` screens new ones).")
     return can, cannot, steps
 
 
@@ -476,8 +572,12 @@ def privacy_answer(audit: dict | None, privacy: dict | None, command: str) -> An
         return _not_measured("privacy", question, "the audit has not run and the model has no differential-privacy "
                              "guarantee", command)
     leaks = _leaks(audit)
-    evidence = [*_attack_evidence(audit), *_image_evidence(audit), statement, *caveats]
+    understated = patient_id_warning(audit)
+    evidence = [*([understated] if understated else []), *_attack_evidence(audit), *_image_evidence(audit),
+                *([AUDIT_LABEL] if privacy is not None else []), statement, *caveats]
     can, cannot, steps = _privacy_claims(audit, leaks, epsilon is not None)
+    if understated:
+        cannot.insert(0, "that the leak is no larger than measured: " + understated[0].lower() + understated[1:])
     eps_bound = (audit["summary"].get("worst_eps_lower_bound") or {}).get("value") or 0.0
     if epsilon is not None:
         can.insert(0, statement)
@@ -538,8 +638,9 @@ def build_verdict(contents) -> Verdict:
 
     evaluate_command = contents.stages["evaluate"].command
     answers = (
-        realism_answer(contents.fidelity, evaluate_command),
-        utility_answer(contents.fidelity, contents.conditional, quoted(contents.run), evaluate_command),
+        realism_answer(contents.fidelity, evaluate_command, dp=contents.trained_with_dp),
+        utility_answer(contents.fidelity, contents.conditional, quoted(contents.run), evaluate_command,
+                       dp=contents.trained_with_dp),
         privacy_answer(contents.audit, contents.privacy, contents.stages["audit"].command),
     )
     statement, _ = dp_guarantee(contents.privacy)
