@@ -60,7 +60,10 @@ def audit_command(
     if context.invoked_subcommand is not None:
         return
     if run is None:
-        raise typer.BadParameter("Missing option '--run' (or a subcommand: `cxrsynth audit stats --help`)", param_hint="--run")
+        from cxrsynth.errors import CxrsynthError
+
+        raise CxrsynthError("cxrsynth audit needs --run RUN (the run folder to audit)",
+                            "give --run RUN, or use a subcommand: `cxrsynth audit stats SCORES.csv --out OUT.json`")
     from rich.console import Console
 
     from cxrsynth.audit.runner import AuditOptions, audit_run, parse_attacks, results_table

@@ -119,24 +119,32 @@ def tpr_at_fpr(labels: np.ndarray, membership: np.ndarray, target_fpr: float) ->
     return float(tpr[allowed].max())
 
 
-def clopper_pearson_lower(successes: int, trials: int, confidence: float = CONFIDENCE) -> float:
-    """One-sided lower Clopper–Pearson bound of a binomial proportion (0 when there are no successes)."""
+def _cp_lower(successes, trials, confidence: float) -> np.ndarray:
     from scipy.stats import beta
 
+    k = np.asarray(successes, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(k > 0, beta.ppf(1.0 - confidence, k, trials - k + 1), 0.0)
+
+
+def _cp_upper(successes, trials, confidence: float) -> np.ndarray:
+    from scipy.stats import beta
+
+    k = np.asarray(successes, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(k < trials, beta.ppf(confidence, k + 1, trials - k), 1.0)
+
+
+def clopper_pearson_lower(successes: int, trials: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided lower Clopper–Pearson bound of a binomial proportion (0 when there are no successes)."""
     _check_counts(successes, trials)
-    if successes == 0:
-        return 0.0
-    return float(beta.ppf(1.0 - confidence, successes, trials - successes + 1))
+    return float(_cp_lower(successes, trials, confidence))
 
 
 def clopper_pearson_upper(successes: int, trials: int, confidence: float = CONFIDENCE) -> float:
     """One-sided upper Clopper–Pearson bound of a binomial proportion (1 when all trials succeed)."""
-    from scipy.stats import beta
-
     _check_counts(successes, trials)
-    if successes == trials:
-        return 1.0
-    return float(beta.ppf(confidence, successes + 1, trials - successes))
+    return float(_cp_upper(successes, trials, confidence))
 
 
 def _check_counts(successes: int, trials: int) -> None:
@@ -186,27 +194,29 @@ def epsilon_lower_bound(
     """
     if not 0.0 <= delta < 1.0:
         raise CxrsynthError(f"δ must be within [0, 1), got {delta}")
-    tpr_low, fpr_high, tnr_low, fnr_high = _rate_bounds(true_positives, n_members, false_positives, n_nonmembers,
-                                                        confidence)
+    _check_counts(true_positives, n_members)
+    _check_counts(false_positives, n_nonmembers)
+    tpr_low, fpr_high, tnr_low, fnr_high = (float(bound) for bound in _rate_bounds(
+        true_positives, n_members, false_positives, n_nonmembers, confidence))
     epsilon = max(_log_ratio(tpr_low - delta, fpr_high), _log_ratio(tnr_low - delta, fnr_high))
     return EpsilonBound(epsilon, tpr_low, fpr_high, tnr_low, fnr_high, delta)
 
 
-def _rate_bounds(true_positives: int, n_members: int, false_positives: int, n_nonmembers: int,
-                 confidence: float) -> tuple[float, float, float, float]:
-    """One-sided Clopper–Pearson ``(TPR_low, FPR_high, TNR_low, FNR_high)``."""
-    return (clopper_pearson_lower(true_positives, n_members, confidence),
-            clopper_pearson_upper(false_positives, n_nonmembers, confidence),
-            clopper_pearson_lower(n_nonmembers - false_positives, n_nonmembers, confidence),
-            clopper_pearson_upper(n_members - true_positives, n_members, confidence))
+def _rate_bounds(true_positives, n_members: int, false_positives, n_nonmembers: int,
+                 confidence: float) -> tuple:
+    """One-sided Clopper–Pearson ``(TPR_low, FPR_high, TNR_low, FNR_high)``; counts may be arrays."""
+    tp = np.asarray(true_positives, dtype=np.float64)
+    fp = np.asarray(false_positives, dtype=np.float64)
+    return (_cp_lower(tp, n_members, confidence), _cp_upper(fp, n_nonmembers, confidence),
+            _cp_lower(n_nonmembers - fp, n_nonmembers, confidence), _cp_upper(n_members - tp, n_members, confidence))
 
 
-def _bound_ratio(true_positives: int, n_members: int, false_positives: int, n_nonmembers: int,
-                 delta: float, confidence: float) -> float:
-    """max((TPR_low − δ)/FPR_high, (TNR_low − δ)/FNR_high): e^ε of the bound before clipping at 0."""
+def _bound_ratio(true_positives, n_members: int, false_positives, n_nonmembers: int,
+                 delta: float, confidence: float) -> np.ndarray:
+    """max((TPR_low − δ)/FPR_high, (TNR_low − δ)/FNR_high): e^ε of the bound before clipping at 0 (vectorised)."""
     tpr_low, fpr_high, tnr_low, fnr_high = _rate_bounds(true_positives, n_members, false_positives, n_nonmembers,
                                                         confidence)
-    return max((tpr_low - delta) / fpr_high, (tnr_low - delta) / fnr_high)
+    return np.maximum((tpr_low - delta) / fpr_high, (tnr_low - delta) / fnr_high)
 
 
 def choose_direction(labels: np.ndarray, scores: np.ndarray, published: str) -> str:
@@ -262,8 +272,7 @@ def epsilon_threshold(labels: np.ndarray, membership: np.ndarray, delta: float =
     fpr, tpr, thresholds = roc_points(y, membership)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     true_positives, false_positives = np.rint(tpr * n_pos).astype(int), np.rint(fpr * n_neg).astype(int)
-    ratios = np.array([_bound_ratio(tp, n_pos, fp, n_neg, delta, confidence)
-                       for tp, fp in zip(true_positives, false_positives)])
+    ratios = _bound_ratio(true_positives, n_pos, false_positives, n_neg, delta, confidence)
     best = int(np.flatnonzero(ratios >= ratios.max() - 1e-12)[0])
     return _threshold_at(membership, thresholds, best)
 
@@ -367,7 +376,8 @@ def attack_metrics(
     0% FPR (thresholds fixed on calibration), the ε lower bound at the threshold that maximises the
     bound on calibration, the balanced accuracy at the calibration balanced-accuracy threshold, and
     the two tests that may raise the leak flag (:mod:`cxrsynth.audit.hypothesis`): ``p_value_auc``
-    (one-sided Mann–Whitney) and ``p_value_tail`` (hypergeometric at the ε threshold).
+    (one-sided Mann–Whitney) and ``p_value_tail`` (hypergeometric at the calibration zero-FPR
+    threshold: a few members identified perfectly barely move the AUC, but not this test).
 
     Args:
         scores: the attack's raw scores, one per audited unit (published orientation).
@@ -406,13 +416,15 @@ def attack_metrics(
     tp, _, fp, _ = confusion_at(y_eval, chosen_eval, eps_threshold)
     bound = epsilon_lower_bound(tp, n_pos, fp, n_neg, delta)
     sign = 1.0 if direction == HIGHER else -1.0
+    low_fpr = {key: low_fpr_metrics(y_cal, chosen_cal, y_eval, chosen_eval, target) for key, target in TPR_TARGETS.items()}
+    zero = low_fpr["tpr_at_zero_fpr"]
 
     published = membership_scores(scores, member_if)[evaluation]
     result: dict = {
         "auc": roc_auc(y_eval, published),
         "auc_ci": bootstrap_auc_interval(y_eval, published, seed=seed),
         "p_value_auc": mann_whitney_p(y_eval, chosen_eval),
-        "p_value_tail": tail_p(tp, n_pos, fp, n_neg),
+        "p_value_tail": tail_p(zero["true_positives"], n_pos, zero["false_positives"], n_neg),
         "published_direction": member_if,
         "direction": direction,
         "threshold": sign * balanced_threshold,
@@ -429,7 +441,7 @@ def attack_metrics(
         "notes": [],
     }
     for key, target in TPR_TARGETS.items():
-        measured = low_fpr_metrics(y_cal, chosen_cal, y_eval, chosen_eval, target)
+        measured = low_fpr[key]
         measured["threshold"] *= sign
         result["low_fpr"][key] = measured
         result[key] = measured["tpr"] if measured["measurable"] else None

@@ -94,7 +94,8 @@ Top level:
   ``false_positives``.
 * ``p_value_auc`` (float) — one-sided Mann–Whitney p on the evaluation half (members score higher in
   ``direction``); ``p_value_tail`` (float) — hypergeometric p of the members among those called
-  members at ``eps_threshold``. Both enter the leak flag's family (blind excluded).
+  members at the calibration zero-FPR threshold (``low_fpr.tpr_at_zero_fpr.threshold``): the test
+  for leaks that show only at low FPR. Both enter the leak flag's family (blind excluded).
 * ``n_eval_members`` / ``n_eval_nonmembers`` (int).
 * ``nfe_per_image`` (float) — UNet forward passes per audited image, counted while it ran.
 * ``seconds`` (float) — wall-clock seconds of scoring; ``seconds_per_1000_images`` (float).

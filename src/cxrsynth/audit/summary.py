@@ -11,7 +11,7 @@ raise it, however many attacks ran and however they correlate. The family holds 
 can raise the flag, each valid on its own (:mod:`cxrsynth.audit.hypothesis`):
 
 * ``<attack>:auc`` — one-sided Mann–Whitney on the evaluation half (every attack but ``blind``);
-* ``<attack>:tail`` — hypergeometric test at the ε threshold fixed on calibration (low-FPR leaks);
+* ``<attack>:tail`` — hypergeometric test at the zero-FPR threshold fixed on calibration (low-FPR leaks);
 * ``memorization:copies`` — near-copies of member vs holdout patients, relabelling test;
 * ``memorization:dcr_pixel`` / ``memorization:dcr_domain`` — nearest audited image a member,
   relabelling test;
