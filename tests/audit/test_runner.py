@@ -153,3 +153,15 @@ def test_untrained_model_shows_no_membership_signal(tmp_path: Path) -> None:
         assert abs(result["auc"] - 0.5) <= 0.1, (name, result["auc"])
         print(name, round(result["auc"], 3), result["auc_ci"], round(result["seconds"], 2))
     assert report["summary"]["blind_check_passed"] is True
+
+
+def test_audit_of_data_without_patient_ids_says_it_understates_leakage(tmp_path: Path) -> None:
+    data = make_prepared_folder(tmp_path / "data", n_patients=24, images_per_patient=1, size=16,
+                                split_cycle=("member", "holdout", "test"))
+    meta = json.loads((data / "meta.json").read_text())
+    (data / "meta.json").write_text(json.dumps({**meta, "patient_ids": "per-image"}))
+    run = write_untrained_run(tmp_path / "run")
+    report = audit_run(run, AuditOptions(data=data, attacks=("loss",), noise_draws=1, device="cpu"))
+    assert report["patient_ids"]["real"] is False and report["patient_ids"]["understates_leakage"] is True
+    assert "UNDERSTATES" in report["patient_ids"]["note"]
+    assert report["patient_ids"]["note"] in report["warnings"] and report["patient_ids"]["note"] in report["verdict"]
