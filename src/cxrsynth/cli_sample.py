@@ -39,8 +39,9 @@ def sample_command(
     ),
     label_mix: Optional[str] = typer.Option(
         None, "--label-mix",
-        help="Conditional runs: 'from-data' draws each image's label set with the training frequencies "
-        "(the default when --label is not given).",
+        help="Conditional runs: 'from-data' draws each image's label set with the training frequencies (the "
+        "default when --label is not given; refused for DP runs, whose models store no label counts); "
+        "'uniform' draws every label set of the model alike (the default for DP runs).",
     ),
     guidance_scale: Optional[float] = typer.Option(
         None, "--guidance-scale",

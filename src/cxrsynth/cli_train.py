@@ -46,8 +46,19 @@ def train_command(
         None, "--seed", min=0, help="Seed of initialisation, data order, noise and timesteps." + _default("seed")),
     conditional: bool = typer.Option(
         False, "--conditional",
-        help="Condition on finding labels: each label set seen in the member split is one class of the UNet's "
-        "class embedding, plus a null class for classifier-free guidance (saved as label_vocabulary.json)."),
+        help="Condition on finding labels: each label set is one class of the UNet's class embedding, plus a "
+        "null class for classifier-free guidance (saved as label_vocabulary.json). Non-DP runs use the label "
+        "sets seen in the member split; DP runs (and --findings) every set of at most --max-label-findings "
+        "findings of the public schema, fixed before seeing the data, with no counts."),
+    findings: Optional[str] = typer.Option(
+        None, "--findings",
+        help="Conditional runs: the public finding list of your label schema, comma-separated (not the findings "
+        "seen in the data). Needed by DP runs on folder/DICOM sources; nih and chestmnist use the 14 "
+        "ChestX-ray14 findings."),
+    max_label_findings: Optional[int] = typer.Option(
+        None, "--max-label-findings", min=1,
+        help="Conditional runs with a schema: findings per label set (an image with more trains on its first "
+        "ones in schema order)." + _default("max_label_findings")),
     label_dropout: Optional[float] = typer.Option(
         None, "--label-dropout", help="Conditional runs: probability of training on the null class instead of the "
         "label (enables classifier-free guidance)." + _default("label_dropout")),
@@ -121,6 +132,7 @@ def train_command(
         "data": str(data.resolve()) if data is not None else None,
         "preset": preset, "max_steps": max_steps, "epochs": epochs, "batch_size": batch_size,
         "grad_accum": grad_accum, "lr": lr, "seed": seed, "conditional": True if conditional else None,
+        "findings": findings, "max_label_findings": max_label_findings,
         "label_dropout": label_dropout, "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints,
         "progress_every": progress_every, "log_every": log_every, "mixed_precision": mixed_precision,
         "log_with": log_with, "beta_schedule": beta_schedule, "ema_decay": ema_decay,

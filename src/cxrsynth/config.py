@@ -26,6 +26,7 @@ import yaml
 
 from cxrsynth.errors import CxrsynthError
 from cxrsynth.fsutil import atomic_write_text
+from cxrsynth.model.conditioning import DEFAULT_MAX_FINDINGS
 from cxrsynth.model.presets import PRESETS
 
 CONFIG_FILE = "config.yaml"
@@ -54,6 +55,11 @@ class TrainConfig:
         lr: peak AdamW learning rate (after warm-up).
         seed: seed of initialisation, data order, noise and timesteps.
         conditional: condition on finding label sets (class embedding, label dropout).
+        findings: conditional runs: the public finding list (comma-separated) the label sets are
+            built from, fixed before seeing the data; None means, for a DP run, the source format's
+            published list (ChestX-ray14's 14 findings for ``nih``/``chestmnist``) and, otherwise,
+            the label sets seen in the member split.
+        max_label_findings: findings per label set when the label sets come from a schema.
         label_dropout: probability of replacing a label by the null class (classifier-free guidance).
         checkpoint_every: optimizer steps between checkpoints (the last step always gets one).
         keep_checkpoints: most recent checkpoints kept; older ones are deleted.
@@ -98,6 +104,8 @@ class TrainConfig:
     lr: float = 2e-4
     seed: int = 0
     conditional: bool = False
+    findings: str | None = None
+    max_label_findings: int = DEFAULT_MAX_FINDINGS
     label_dropout: float = 0.1
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
@@ -155,6 +163,11 @@ class TrainConfig:
                 _invalid(_option(name), getattr(self, name), "an integer >= 0")
         if not self.lr > 0:
             _invalid("--lr", self.lr, "a number > 0")
+        if not self.conditional and (self.findings is not None or self.max_label_findings != DEFAULT_MAX_FINDINGS):
+            raise CxrsynthError("--findings and --max-label-findings only apply to conditional training",
+                                "add --conditional, or leave these options out")
+        if self.max_label_findings < 1:
+            _invalid("--max-label-findings", self.max_label_findings, "an integer >= 1")
         if not 0.0 <= self.label_dropout < 1.0:
             _invalid("--label-dropout", self.label_dropout, "a probability in [0, 1)")
         if not 0.0 <= self.ema_decay <= 1.0:

@@ -591,7 +591,8 @@ class ReleasePrivacy:
         dp: the run was trained with differential privacy (``RUN/privacy.json`` exists).
         screened: the candidates are screened against the member images.
         epsilon, delta, unit: the run's guarantee (None without DP).
-        conditional: the model is label-conditional (its label sets come from the member split).
+        data_vocabulary: the model is label-conditional with label sets (and counts) taken from the
+            member split, not from a public schema.
     """
 
     dp: bool
@@ -599,7 +600,7 @@ class ReleasePrivacy:
     epsilon: float | None = None
     delta: float | None = None
     unit: str | None = None
-    conditional: bool = False
+    data_vocabulary: bool = False
 
     @property
     def covered_by_dp(self) -> bool:
@@ -626,10 +627,10 @@ class ReleasePrivacy:
         caveats = []
         if self.dp and self.unit != "patient":
             caveats.append(f"the unit is one {self.unit}: a patient with k {self.unit}s is protected only at about k·ε")
-        if self.dp and self.conditional:
-            caveats.append("labels: the model's label sets, and the frequencies of --label-mix from-data, are those of "
-                           "the member split as stored with the model (pipeline/); (ε, δ) covers them only if training "
-                           "made them private")
+        if self.dp and self.data_vocabulary:
+            caveats.append("labels: the model's label sets and their counts were taken from the member split and are "
+                           "stored with the model (pipeline/label_vocabulary.json); (ε, δ) does not cover them "
+                           "(retrain with this cxrsynth, which fixes a DP run's label sets from the public schema)")
         return caveats
 
     def to_json(self) -> dict:
@@ -660,7 +661,7 @@ def read_privacy(run: Path) -> dict | None:
     return privacy
 
 
-def release_privacy(privacy: dict | None, screen: bool | None, conditional: bool) -> ReleasePrivacy:
+def release_privacy(privacy: dict | None, screen: bool | None, data_vocabulary: bool) -> ReleasePrivacy:
     """Decide whether to screen (see :attr:`ReleaseOptions.screen`) and describe the release's privacy.
 
     Raises:
@@ -673,9 +674,10 @@ def release_privacy(privacy: dict | None, screen: bool | None, conditional: bool
                 "released only screened",
                 "drop --no-screen (unscreened releases are for DP runs, whose guarantee covers them)",
             )
-        return ReleasePrivacy(dp=False, screened=True, conditional=conditional)
+        return ReleasePrivacy(dp=False, screened=True, data_vocabulary=data_vocabulary)
     return ReleasePrivacy(dp=True, screened=bool(screen), epsilon=float(privacy["epsilon"]),
-                          delta=float(privacy["delta"]), unit=str(privacy.get("unit", "record")), conditional=conditional)
+                          delta=float(privacy["delta"]), unit=str(privacy.get("unit", "record")),
+                          data_vocabulary=data_vocabulary)
 
 
 def _warnings(audit: dict, selection: Selection, privacy: ReleasePrivacy) -> list[str]:
@@ -705,12 +707,13 @@ def _audit_summary(run: Path, audit: dict, privacy: ReleasePrivacy) -> dict:
             "verdict": audit.get("verdict"), "note": None}
 
 
-def _is_conditional(run: Path) -> bool:
-    """True when the run's model is label-conditional (its pipeline holds a label vocabulary)."""
+def _has_data_vocabulary(run: Path) -> bool:
+    """True when the run's model is label-conditional with label sets taken from the member data."""
     from cxrsynth.model.conditioning import LabelVocabulary
     from cxrsynth.sample import resolve_pipeline_dir
 
-    return LabelVocabulary.load(resolve_pipeline_dir(run)) is not None
+    vocabulary = LabelVocabulary.load(resolve_pipeline_dir(run))
+    return vocabulary is not None and not vocabulary.from_schema_only
 
 
 def release_run(
@@ -749,7 +752,7 @@ def release_run(
     started = time.perf_counter()
     resolve_pipeline_dir(run)
     audit = read_audit(run)
-    privacy = release_privacy(read_privacy(run), options.screen, _is_conditional(run))
+    privacy = release_privacy(read_privacy(run), options.screen, _has_data_vocabulary(run))
     if out.exists() and not options.overwrite:
         raise CxrsynthError(f"output folder {out} already exists", "choose another --out, or pass --overwrite")
     log(privacy.statement())

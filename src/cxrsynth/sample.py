@@ -43,6 +43,8 @@ MANIFEST_FILE = "manifest.csv"
 MANIFEST_COLUMNS: tuple[str, ...] = ("file", "index", "seed", "sampler", "steps", "label", "guidance")
 SETTINGS_FILE = "sampling.json"
 LABEL_MIX_FROM_DATA = "from-data"
+LABEL_MIX_UNIFORM = "uniform"
+LABEL_MIXES: tuple[str, ...] = (LABEL_MIX_FROM_DATA, LABEL_MIX_UNIFORM)
 DEFAULT_GUIDANCE = 2.0
 """Classifier-free guidance weight used for conditional runs when none is given."""
 
@@ -177,13 +179,16 @@ class LabelPlan:
 
     Attributes:
         vocabulary: the model's vocabulary; None for an unconditional model (no labels).
-        fixed_class: class id of ``--label`` for every image, or None to draw from the data mix.
-        seed: run seed (the from-data draw for image ``i`` is seeded by ``(seed, i)``).
+        fixed_class: class id of ``--label`` for every image, or None to draw from ``mix``.
+        seed: run seed (the draw for image ``i`` is seeded by ``(seed, i)``).
+        mix: ``from-data`` (training frequencies) or ``uniform`` (every label set alike), when
+            ``fixed_class`` is None.
     """
 
     vocabulary: LabelVocabulary | None
     fixed_class: int | None
     seed: int
+    mix: str = LABEL_MIX_FROM_DATA
 
     @property
     def description(self) -> str:
@@ -191,7 +196,7 @@ class LabelPlan:
         if self.vocabulary is None:
             return "unconditional"
         if self.fixed_class is None:
-            return LABEL_MIX_FROM_DATA
+            return self.mix
         return f"label:{self.vocabulary.label_sets[self.fixed_class]}"
 
     def class_id(self, index: int) -> int | None:
@@ -201,6 +206,8 @@ class LabelPlan:
         if self.fixed_class is not None:
             return self.fixed_class
         rng = np.random.default_rng([self.seed, int(index), _LABEL_STREAM])
+        if self.mix == LABEL_MIX_UNIFORM:
+            return int(self.vocabulary.sample_uniform(1, rng)[0])
         return int(self.vocabulary.sample_from_data(1, rng)[0])
 
     def class_ids(self, indices: Sequence[int]) -> torch.Tensor | None:
@@ -220,16 +227,18 @@ def plan_labels(
 ) -> LabelPlan:
     """Check ``--label`` / ``--label-mix`` against the model and decide each image's class.
 
-    A conditional model given neither draws labels with the training frequencies (from-data).
+    A conditional model given neither draws labels with the training frequencies (from-data), or
+    uniformly over its label sets when it stores no frequencies (a DP run's schema vocabulary).
 
     Raises:
         CxrsynthError: a label option on an unconditional model, both options at once, an unknown
-            ``label_mix`` or a label set the model was not trained on.
+            ``label_mix``, ``from-data`` on a model without training counts, or a label set the
+            model does not know.
     """
     if label is not None and label_mix is not None:
         raise CxrsynthError("--label and --label-mix were both given", "use one of them")
-    if label_mix is not None and label_mix != LABEL_MIX_FROM_DATA:
-        raise CxrsynthError(f"unknown --label-mix {label_mix!r}", f"use --label-mix {LABEL_MIX_FROM_DATA}")
+    if label_mix is not None and label_mix not in LABEL_MIXES:
+        raise CxrsynthError(f"unknown --label-mix {label_mix!r}", f"use --label-mix {' or '.join(LABEL_MIXES)}")
     if vocabulary is None:
         if label is not None or label_mix is not None:
             option = "--label" if label is not None else "--label-mix"
@@ -239,7 +248,11 @@ def plan_labels(
             )
         return LabelPlan(None, None, seed)
     fixed = int(vocabulary.encode([label])[0]) if label is not None else None
-    return LabelPlan(vocabulary, fixed, seed)
+    if label_mix is None:
+        label_mix = LABEL_MIX_FROM_DATA if vocabulary.counts is not None else LABEL_MIX_UNIFORM
+    if fixed is None and label_mix == LABEL_MIX_FROM_DATA:
+        vocabulary.sample_from_data(1, np.random.default_rng(0))  # refuses a vocabulary without counts
+    return LabelPlan(vocabulary, fixed, seed, label_mix)
 
 
 def resolve_guidance(vocabulary: LabelVocabulary | None, guidance_scale: float | None) -> float:

@@ -84,6 +84,70 @@ def test_resume_continues_the_budget_and_the_trajectory(tmp_path: Path, patient_
     assert all((ours[name] == theirs[name]).all() for name in theirs), "resume is bit-identical"
 
 
+def test_noise_and_sampling_come_from_os_entropy_not_the_published_seed(tmp_path: Path, patient_data: Path) -> None:
+    runs = [tmp_path / "first", tmp_path / "second"]
+    for run in runs:
+        _train(patient_data, run, "--seed", "0")
+    assert all(_privacy(run)["noise_source"] == "os-entropy" for run in runs)
+    final = f"checkpoints/step_{STEPS:07d}"
+    secrets = [json.loads((run / final / "state.json").read_text())["draw_seed"] for run in runs]
+    assert secrets[0] != secrets[1] and 0 not in secrets, "each DP run draws its own secret seed"
+    assert [json.loads((run / final / "state.json").read_text())["stream"]["seed"] for run in runs] == secrets
+    ours, theirs = (load_file(run / final / "unet.safetensors") for run in runs)
+    assert any((ours[name] != theirs[name]).any() for name in theirs), \
+        "two DP runs with the same --seed must not share their noise (it would be replayable from the seed)"
+    for run, secret in zip(runs, secrets):
+        shared = [run / "privacy.json", run / "config.yaml", run / "train_log.jsonl",
+                  *(path for path in (run / "pipeline").rglob("*") if path.is_file())]
+        for path in shared:
+            assert str(secret).encode() not in path.read_bytes(), f"{path} names the secret noise seed"
+
+
+def _conditional_data(root: Path, findings: tuple[str, ...], seed: int, source_format: str) -> Path:
+    folder = make_prepared_folder(root, n_patients=12, images_per_patient=3, size=16, findings=findings, seed=seed,
+                                  split_cycle=("member", "member", "holdout"))
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "format": source_format}))
+    return folder
+
+
+def test_conditional_dp_runs_on_different_label_distributions_ship_identical_vocabularies(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    first = _conditional_data(tmp_path / "a", ("Cardiomegaly", "Nodule"), seed=1, source_format="nih")
+    second = _conditional_data(tmp_path / "b", ("Effusion", "Hernia", "Mass"), seed=2, source_format="nih")
+    runs = [tmp_path / "run_a", tmp_path / "run_b"]
+    for data, run in zip((first, second), runs):
+        _train(data, run, "--conditional")
+    vocabularies = [(run / "pipeline" / "label_vocabulary.json").read_bytes() for run in runs]
+    assert vocabularies[0] == vocabularies[1], "the released label sets must not depend on the member labels"
+    assert json.loads(vocabularies[0])["counts"] is None and json.loads(vocabularies[0])["source"] == "schema"
+    configs = [json.loads((run / "pipeline" / "unet" / "config.json").read_text()) for run in runs]
+    assert configs[0] == configs[1] and configs[0]["num_class_embeds"] == 1 + 14 + 91 + 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["sample", "--run", str(runs[0]), "--num-images", "2", "--sampler", "ddim", "--steps", "2",
+              "--label-mix", "from-data", "--out", str(tmp_path / "refused")])
+    assert exited.value.code == 2
+    assert "stores none" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "refused" / "manifest.csv").exists()
+    with pytest.raises(SystemExit) as exited:
+        main(["sample", "--run", str(runs[0]), "--num-images", "3", "--sampler", "ddim", "--steps", "2",
+              "--out", str(tmp_path / "uniform")])
+    assert exited.value.code in (0, None)
+    assert json.loads((tmp_path / "uniform" / "sampling.json").read_text())["labels"] == "uniform"
+
+
+def test_a_conditional_dp_run_on_a_source_without_a_public_schema_needs_findings(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _conditional_data(tmp_path / "prepared", ("Cardiomegaly", "Nodule"), seed=1, source_format="folder")
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--data", str(data), "--run", str(tmp_path / "run"), "--preset", "tiny", "--max-steps", "2",
+              "--dp", "--epsilon", "4", "--logical-batch-size", "4", "--conditional"])
+    assert exited.value.code == 2
+    assert "pass --findings" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_a_run_that_would_exceed_the_target_stops_at_it(tmp_path: Path, patient_data: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"

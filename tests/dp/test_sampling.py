@@ -91,14 +91,16 @@ def test_batch_memory_manager_splits_a_step_and_marks_only_its_last_batch(many_i
     assert real_steps == 1
 
 
-def test_state_resumes_at_the_same_step_and_refuses_another_run(many_images_per_patient) -> None:
+def test_state_resumes_the_saved_secret_seed_and_step_and_refuses_another_run(many_images_per_patient) -> None:
     data = many_images_per_patient
     records = PrivacyRecords.from_prepared(data, "member", "patient")
-    stream = PoissonRecordStream(data.images, records, None, seed=0, sample_rate=0.5, physical_batch_size=4)
+    stream = PoissonRecordStream(data.images, records, None, seed=123456789, sample_rate=0.5, physical_batch_size=4)
     stream.step = 17
-    resumed = PoissonRecordStream(data.images, records, None, seed=0, sample_rate=0.5, physical_batch_size=4)
+    # A restarted DP run draws a fresh secret seed; loading the checkpoint must bring back the saved one.
+    resumed = PoissonRecordStream(data.images, records, None, seed=9, sample_rate=0.5, physical_batch_size=4)
     resumed.load_state_dict(stream.state_dict())
     assert resumed.step == 17 and resumed.epoch == pytest.approx(8.5)
-    other = PoissonRecordStream(data.images, records, None, seed=9, sample_rate=0.5, physical_batch_size=4)
+    assert resumed.image_rows(17).tolist() == stream.image_rows(17).tolist()
+    other = PoissonRecordStream(data.images, records, None, seed=0, sample_rate=0.25, physical_batch_size=4)
     with pytest.raises(ValueError, match="does not match"):
         other.load_state_dict(stream.state_dict())

@@ -372,7 +372,7 @@ def conditioning_labels(model, data: PreparedData, rows: np.ndarray):
         return None, "unconditional"
     cells = data.index["labels"].iloc[rows].tolist()
     try:
-        return vocabulary.encode(cells), "labels"
+        return vocabulary.encode_training_labels(cells), "labels"
     except CxrsynthError:
         return torch.full((len(rows),), vocabulary.null_class, dtype=torch.long), "null"
 

@@ -28,6 +28,9 @@ from cxrsynth.fsutil import atomic_write_json
 EPSILON_TOLERANCE = 0.01
 """σ is calibrated so that the planned run spends between target − 0.01 and target."""
 
+NOISE_SOURCE = "os-entropy"
+"""How a DP run's noise, Poisson sampling and per-record draws are seeded (``privacy.json`` ``noise_source``)."""
+
 
 def default_delta(privacy_units: int) -> float:
     """δ = 1/(10·n) for n privacy units: a failure probability well below one unit's share."""
@@ -189,7 +192,13 @@ class PrivacyLedger:
             "stopped_early": stopped_early,
             "mechanism": "Poisson-subsampled Gaussian (DP-SGD), add/remove adjacency of one "
                          f"{self.unit} and all their images",
-            "noise_rng": "torch's generator (not a cryptographically secure RNG)",
+            "noise_source": NOISE_SOURCE,
+            "public_assumption": "the number of privacy units (privacy_units) is treated as public: the sample "
+                                 "rate q = logical_batch_size / privacy_units and the default δ = 1/(10 · units) "
+                                 "are computed from it, so (ε, δ) does not hide the exact count",
+            "noise_rng": "torch's generator (not a cryptographically secure RNG) seeded with 63 bits from "
+                         "os.urandom at the run's start, never from the published --seed; its state lives only "
+                         "in the run's private checkpoints (noise, Poisson sampling and per-record draws)",
         }
 
 
@@ -206,7 +215,9 @@ def write_privacy_report(run_dir: str | Path, ledger: PrivacyLedger, stopped_ear
     ``unit`` (``patient`` or ``image``), ``privacy_units``, ``accountant`` (``prv``/``rdp``),
     ``noise_multiplier`` (σ), ``max_grad_norm`` (C), ``sample_rate`` (q), ``logical_batch_size``,
     ``steps`` (taken), ``planned_steps``, ``noise_multiplicity`` (K), ``stopped_early`` (the run
-    stopped before its requested steps to stay within ``target_epsilon``), ``mechanism``, ``noise_rng``.
+    stopped before its requested steps to stay within ``target_epsilon``), ``mechanism``,
+    ``noise_source`` (``os-entropy``: how the noise, sampling and per-record draws were seeded),
+    ``noise_rng`` (the same in words) and ``public_assumption`` (what the guarantee treats as public).
     """
     report = ledger.report(stopped_early)
     atomic_write_json(Path(run_dir) / PRIVACY_FILE, report)

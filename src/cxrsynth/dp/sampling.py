@@ -4,6 +4,8 @@ A *record* is one privacy unit: a patient (all of their member images) or a sing
 includes every record independently with probability q (Poisson sampling, which the accountant's
 amplification-by-subsampling assumes), and for each included patient draws one of their images
 uniformly at random. Both draws are a pure function of ``(seed, s)``, so resuming is setting s.
+The seed of a DP run is a secret from OS entropy (:func:`cxrsynth.dp.training.draw_secret_seed`),
+kept only in its checkpoints: a known seed would let anyone replay which records each step used.
 
 With several processes, record j belongs to process ``j mod P``: all processes draw the same
 global inclusion mask and each keeps its own records, so together they realise exactly one
@@ -149,14 +151,18 @@ class PoissonRecordStream:
                 "num_processes": self.num_processes}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue at ``state['step']``.
+        """Continue at ``state['step']`` with the saved (secret) seed.
+
+        The saved seed replaces this stream's: a DP run draws a fresh seed from OS entropy at every
+        start, and a resumed run must continue the sampling of the run it resumes.
 
         Raises:
-            ValueError: when the state belongs to another seed, record count, rate or process count.
+            ValueError: when the state belongs to another record count, rate or process count.
         """
-        expected = {"seed": self.seed, "records": len(self.records), "sample_rate": self.sample_rate,
+        expected = {"records": len(self.records), "sample_rate": self.sample_rate,
                     "num_processes": self.num_processes}
         found = {key: state.get(key) for key in expected}
         if found != expected:
             raise ValueError(f"DP sampling state {found} does not match this run {expected}")
+        self.seed = int(state["seed"])
         self.step = int(state["step"])

@@ -14,11 +14,13 @@ of DP iterates: no privacy cost) and the exported pipeline are those of a non-DP
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from opacus.distributed import DifferentiallyPrivateDistributedDataParallel
 from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
 
@@ -35,6 +37,20 @@ from cxrsynth.train.objective import draw_diffusion_noise, drop_labels
 
 LEDGER_KEY = "privacy"
 """Key of the ledger's state in a checkpoint's ``extra`` entries."""
+
+
+def draw_secret_seed(accelerator: Accelerator) -> int:
+    """A 63-bit seed from ``os.urandom`` on the main process, shared with every process.
+
+    A DP run seeds its Gaussian noise, its Poisson sampling and its per-record (timestep, noise,
+    label-dropout) draws from this, never from ``config.seed``: whoever knows the seed of the
+    noise and the other records could subtract the noise and decide membership whatever σ was.
+    The seed is kept only in the run's checkpoints (private), so ``--resume`` continues exactly.
+    """
+    seed = [int.from_bytes(os.urandom(8), "little") >> 1]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(seed, from_process=0)
+    return int(seed[0])
 
 
 @dataclass(frozen=True)
@@ -94,9 +110,11 @@ def resolve_privacy(config: TrainConfig, data: PreparedData, split: str, num_pro
 
 def make_private(config: TrainConfig, settings: PrivacySettings, data: PreparedData, accelerator: Accelerator,
                  unet: torch.nn.Module, optimizer: torch.optim.Optimizer, vocabulary: LabelVocabulary | None,
-                 noise_generator: torch.Generator) -> tuple[DPOptimizer, PoissonRecordStream]:
+                 noise_generator: torch.Generator, draw_seed: int) -> tuple[DPOptimizer, PoissonRecordStream]:
     """Opacus' DP optimizer around ``optimizer`` and the Poisson record stream of the run.
 
+    ``noise_generator`` (Opacus' noise) and ``draw_seed`` (Poisson sampling) must come from
+    :func:`draw_secret_seed`, not from the published ``config.seed``.
     The optimizer's noise multiplier is 0 until :func:`attach_ledger` sets the calibrated σ.
     ``unet`` gets vmap-friendly attention and, with several processes, rank 0's weights.
     """
@@ -117,8 +135,9 @@ def make_private(config: TrainConfig, settings: PrivacySettings, data: PreparedD
     if vocabulary is not None:
         member_rows = np.concatenate(settings.records.image_rows)
         class_ids_by_row = np.full(len(data.index), -1, dtype=np.int64)
-        class_ids_by_row[member_rows] = vocabulary.encode(data.index["labels"].iloc[member_rows].tolist()).numpy()
-    stream = PoissonRecordStream(data.images, settings.records, class_ids_by_row, config.seed, settings.sample_rate,
+        class_ids_by_row[member_rows] = vocabulary.encode_training_labels(
+            data.index["labels"].iloc[member_rows].tolist()).numpy()
+    stream = PoissonRecordStream(data.images, settings.records, class_ids_by_row, draw_seed, settings.sample_rate,
                                  settings.physical_batch_size, accelerator.process_index, processes)
     return dp_optimizer, stream
 

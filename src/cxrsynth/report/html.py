@@ -360,7 +360,7 @@ def dp_section(contents) -> str:
         return section("dp", "Differential-privacy guarantee", f"<p>{esc(statement)}</p>", level=3)
     keys = ("epsilon", "delta", "unit", "accountant", "noise_multiplier", "max_grad_norm", "sample_rate", "steps",
             "noise_multiplicity", "privacy_units", "logical_batch_size", "target_epsilon", "planned_steps",
-            "stopped_early", "mechanism", "noise_rng")
+            "stopped_early", "mechanism", "noise_source", "noise_rng", "public_assumption")
     rows = [(key, contents.privacy[key]) for key in keys if key in contents.privacy]
     body = f"<p>{esc(statement)}</p>" + _bullets(caveats) + table(("privacy.json", "value"), rows)
     return section("dp", "Differential-privacy guarantee", body, level=3)

@@ -330,6 +330,11 @@ def dp_guarantee(privacy: dict | None) -> tuple[str, list[str]]:
         caveats.append(f"ε = {epsilon:.3g} is a weak formal bound (e^ε ≈ {math.exp(min(epsilon, 700)):.3g}).")
     if privacy.get("stopped_early"):
         caveats.append(f"Training stopped early, at the privacy budget (target ε = {privacy.get('target_epsilon')}).")
+    caveats.append(f"The number of {unit}s is treated as public: the sampling rate and the default δ are computed "
+                   "from it, so the guarantee does not hide the exact count.")
+    if privacy.get("noise_source") != "os-entropy":
+        caveats.append("privacy.json does not state that the noise was drawn from OS entropy: a run written before "
+                       "cxrsynth seeded its DP noise secretly, whose noise can be replayed from the published seed.")
     caveats.append("The guarantee holds if the accountant's assumptions held (random sampling of the training "
                    "records, per-sample clipping); it covers this training run, not choices made by looking at the "
                    "same data (hyper-parameter tuning, data preparation).")

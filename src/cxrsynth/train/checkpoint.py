@@ -151,7 +151,7 @@ def _restore_rng_state(folder: Path, parts: TrainingParts) -> str | None:
         return None
     # Generator states are device-specific: continue with a fresh stream determined by the step.
     parts.noise_generator.manual_seed(
-        derived_seed(parts.config.seed, NOISE_STREAM, parts.accelerator.process_index, parts.step)
+        derived_seed(parts.draw_seed, NOISE_STREAM, parts.accelerator.process_index, parts.step)
     )
     return (f"the checkpoint was written on {metadata.get('device_type')} and training continues on "
             f"{device.type}: the noise stream was reseeded, so the result is not bit-identical to an "
@@ -215,6 +215,7 @@ def save_checkpoint(run_dir: str | Path, parts: TrainingParts) -> Path:
             "format": CHECKPOINT_FORMAT,
             "step": parts.step,
             "num_processes": accelerator.num_processes,
+            "draw_seed": parts.draw_seed,
             "stream": parts.stream.state_dict(),
             "lr_scheduler": parts.lr_scheduler.state_dict(),
             "ema": _ema_scalars(parts),
@@ -297,6 +298,7 @@ def load_checkpoint(folder: str | Path, parts: TrainingParts) -> list[str]:
     except ValueError as exc:
         raise CxrsynthError(f"{folder}: {exc}", "resume with the same data, seed and batch size") from None
     parts.step = int(state["step"])
+    parts.draw_seed = int(state.get("draw_seed", parts.draw_seed))
     parts.extra_state = dict(state.get("extra") or {})
     warning = _restore_rng_state(folder, parts)
     return [warning] if warning else []

@@ -40,6 +40,8 @@ class TrainingParts:
         noise_scheduler: the 1000-step DDPM training scheduler.
         stream: the source of micro-batches (a :class:`~cxrsynth.dp.sampling.PoissonRecordStream` in a DP run).
         noise_generator: generator of noise, timesteps and label dropout on this process.
+        draw_seed: seed of the noise generator and the data order: ``config.seed``, or in a DP
+            run a secret drawn from OS entropy, kept only in the (private) checkpoints.
         vocabulary: label-set vocabulary of a conditional run, else None.
         step: optimizer steps completed.
         extra_state: JSON-safe entries other trainers keep in checkpoints (e.g. a privacy accountant).
@@ -56,6 +58,7 @@ class TrainingParts:
     stream: BatchSource
     noise_generator: torch.Generator
     vocabulary: LabelVocabulary | None
+    draw_seed: int = 0
     step: int = 0
     extra_state: dict[str, Any] = field(default_factory=dict)
     privacy: Any = None

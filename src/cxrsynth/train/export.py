@@ -27,8 +27,10 @@ PIPELINE_DIR = "pipeline"
 
 
 def progress_class_labels(vocabulary: LabelVocabulary, count: int) -> torch.Tensor:
-    """Class ids for a progress grid: the label sets from most to least frequent, repeated."""
-    by_frequency = sorted(range(len(vocabulary.label_sets)), key=lambda i: (-vocabulary.counts[i], i))
+    """Class ids for a progress grid: the label sets from most to least frequent (in vocabulary
+    order for a schema vocabulary, which has no counts), repeated."""
+    counts = vocabulary.counts if vocabulary.counts is not None else (0,) * len(vocabulary.label_sets)
+    by_frequency = sorted(range(len(vocabulary.label_sets)), key=lambda i: (-counts[i], i))
     return torch.tensor([by_frequency[i % len(by_frequency)] for i in range(count)], dtype=torch.long)
 
 

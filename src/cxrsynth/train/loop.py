@@ -36,7 +36,7 @@ from cxrsynth.config import (
 from cxrsynth.data.dataset import to_model_range
 from cxrsynth.data.prepared import PreparedData, load_prepared
 from cxrsynth.errors import CxrsynthError
-from cxrsynth.model.conditioning import LabelVocabulary
+from cxrsynth.model.conditioning import LabelVocabulary, run_vocabulary
 from cxrsynth.model.presets import build_unet, check_preset_resolution, get_preset
 from cxrsynth.train.checkpoint import (
     CHECKPOINTS_DIR,
@@ -226,6 +226,9 @@ def build_parts(config: TrainConfig, data: PreparedData, accelerator: Accelerato
                 privacy: PrivacySettings | None = None) -> TrainingParts:
     """Every object of the run, initialised from ``config.seed`` (before any checkpoint is loaded).
 
+    In a DP run the noise generator and the Poisson sampling are seeded from OS entropy instead
+    (:func:`cxrsynth.dp.training.draw_secret_seed`); only the initial weights follow ``config.seed``.
+
     With ``privacy`` (a DP run) the optimizer is Opacus' and the data Poisson-sampled records;
     the ledger is attached after the checkpoint is loaded (:func:`cxrsynth.dp.training.attach_ledger`).
     """
@@ -235,19 +238,24 @@ def build_parts(config: TrainConfig, data: PreparedData, accelerator: Accelerato
     optimizer = build_optimizer(config, unet.to(accelerator.device))
     lr_scheduler = build_lr_scheduler(config, optimizer)
     ema = build_ema(config, unet) if accelerator.is_main_process else None
-    noise_generator = make_noise_generator(config.seed, accelerator.process_index, accelerator.device)
+    draw_seed = config.seed
+    if privacy is not None:
+        from cxrsynth.dp.training import draw_secret_seed
+
+        draw_seed = draw_secret_seed(accelerator)
+    noise_generator = make_noise_generator(draw_seed, accelerator.process_index, accelerator.device)
     if privacy is not None:
         from cxrsynth.dp.training import make_private
 
         optimizer, stream = make_private(config, privacy, data, accelerator, unet, optimizer, vocabulary,
-                                         noise_generator)
+                                         noise_generator, draw_seed)
     else:
         # DDP broadcasts rank 0's initial weights, so per-process seeds above do not split the model.
         unet, optimizer = accelerator.prepare(unet, optimizer)
         member_rows = data.rows(TRAIN_SPLIT)
         class_ids = None
         if vocabulary is not None:
-            class_ids = vocabulary.encode(data.index["labels"].iloc[member_rows].tolist()).numpy()
+            class_ids = vocabulary.encode_training_labels(data.index["labels"].iloc[member_rows].tolist()).numpy()
         stream = MemberImageStream(data.images, member_rows, class_ids, config.seed, config.batch_size,
                                    accelerator.process_index, accelerator.num_processes)
     return TrainingParts(
@@ -261,6 +269,7 @@ def build_parts(config: TrainConfig, data: PreparedData, accelerator: Accelerato
         stream=stream,
         noise_generator=noise_generator,
         vocabulary=vocabulary,
+        draw_seed=draw_seed,
     )
 
 
@@ -273,7 +282,8 @@ def _load_training_data(config: TrainConfig) -> tuple[PreparedData, LabelVocabul
     check_preset_resolution(get_preset(config.preset), data.size)
     vocabulary = None
     if config.conditional:
-        vocabulary = LabelVocabulary.from_labels(data.index["labels"].iloc[member_rows].tolist())
+        vocabulary = run_vocabulary(config.dp, config.findings, config.max_label_findings, data.meta.get("format"),
+                                    data.index["labels"].iloc[member_rows].tolist())
     return data, vocabulary
 
 
