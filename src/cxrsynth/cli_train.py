@@ -83,6 +83,11 @@ def train_command(
     beta_schedule: Optional[str] = typer.Option(
         None, "--beta-schedule", help="linear (beta 1e-4 -> 0.02, DDPM) or cosine (diffusers squaredcos_cap_v2)."
         + _default("beta_schedule")),
+    prediction_type: Optional[str] = typer.Option(
+        None, "--prediction-type", help="What the UNet predicts: epsilon (the noise) or v_prediction (the velocity; "
+        "saved in the pipeline's scheduler config)." + _default("prediction_type")),
+    snr_gamma: Optional[float] = typer.Option(
+        None, "--snr-gamma", help="Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; default: plain MSE."),
     ema_decay: Optional[float] = typer.Option(
         None, "--ema-decay", help="Maximum EMA decay, reached after the EMA warm-up 1-(1+step)^-0.75."
         + _default("ema_decay")),
@@ -135,7 +140,8 @@ def train_command(
         "findings": findings, "max_label_findings": max_label_findings,
         "label_dropout": label_dropout, "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints,
         "progress_every": progress_every, "log_every": log_every, "mixed_precision": mixed_precision,
-        "log_with": log_with, "beta_schedule": beta_schedule, "ema_decay": ema_decay,
+        "log_with": log_with, "beta_schedule": beta_schedule,
+        "prediction_type": prediction_type, "snr_gamma": snr_gamma, "ema_decay": ema_decay,
         "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "dp": True if dp else None,
         "epsilon": epsilon, "delta": delta, "noise_multiplicity": noise_multiplicity, "privacy_unit": privacy_unit,
         "accountant": accountant, "logical_batch_size": logical_batch_size,

@@ -27,6 +27,7 @@ import yaml
 from cxrsynth.errors import CxrsynthError
 from cxrsynth.fsutil import atomic_write_text
 from cxrsynth.model.conditioning import DEFAULT_MAX_FINDINGS
+from cxrsynth.model.prediction import PREDICTION_TYPES
 from cxrsynth.model.presets import PRESETS
 
 CONFIG_FILE = "config.yaml"
@@ -68,6 +69,10 @@ class TrainConfig:
         mixed_precision: ``no``, ``bf16`` or ``fp16`` (fp16 needs a GPU).
         log_with: also log to this tracker (``tensorboard``), or None.
         beta_schedule: ``linear`` (β 1e-4 → 0.02) or ``cosine`` (``squaredcos_cap_v2``).
+        prediction_type: what the UNet predicts, ``epsilon`` (ε) or ``v_prediction`` (v); saved
+            in the pipeline's scheduler config, so plain diffusers samples it correctly.
+        snr_gamma: min-SNR-γ loss weighting (Hang et al. 2023; diffusers' training examples use
+            5.0); None for the plain MSE.
         ema_decay: maximum EMA decay, reached after the EMA warm-up.
         warmup_steps: linear learning-rate warm-up steps.
         max_grad_norm: gradient clipping norm.
@@ -114,6 +119,8 @@ class TrainConfig:
     mixed_precision: str = "no"
     log_with: str | None = None
     beta_schedule: str = "linear"
+    prediction_type: str = "epsilon"
+    snr_gamma: float | None = None
     ema_decay: float = 0.9999
     warmup_steps: int = 500
     max_grad_norm: float = 1.0
@@ -180,6 +187,10 @@ class TrainConfig:
             _invalid("--log-with", self.log_with, " | ".join(LOG_WITH_CHOICES))
         if self.beta_schedule not in BETA_SCHEDULES:
             _invalid("--beta-schedule", self.beta_schedule, " | ".join(BETA_SCHEDULES))
+        if self.prediction_type not in PREDICTION_TYPES:
+            _invalid("--prediction-type", self.prediction_type, " | ".join(PREDICTION_TYPES))
+        if self.snr_gamma is not None and not (self.snr_gamma > 0 and math.isfinite(self.snr_gamma)):
+            _invalid("--snr-gamma", self.snr_gamma, "a number > 0 (e.g. 5)")
         if not 0.0 < self.beta_start < self.beta_end < 1.0:
             _invalid("beta_start/beta_end", (self.beta_start, self.beta_end), "0 < beta_start < beta_end < 1")
         self._validate_privacy()

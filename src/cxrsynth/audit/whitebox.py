@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cxrsynth.data.dataset import to_model_range
+from cxrsynth.model.prediction import epsilon_from_output
 
 
 class WhiteBoxModel:
@@ -73,14 +74,15 @@ class WhiteBoxModel:
 
     @torch.no_grad()
     def predict_noise(self, noisy: torch.Tensor, timestep: int, rows: np.ndarray) -> torch.Tensor:
-        """ε_θ(x_t, t) for a batch (float32), conditioned on the rows' labels for a conditional UNet."""
+        """ε_θ(x_t, t) for a batch (float32), conditioned on the rows' labels for a conditional UNet
+        (converted from v̂ for a v-prediction model)."""
         labels = None
         if self.class_labels is not None:
             labels = self.class_labels[torch.as_tensor(rows, dtype=torch.long)].to(self.device)
         timesteps = torch.full((noisy.shape[0],), int(timestep), dtype=torch.long, device=self.device)
         output = self.unet(noisy.to(self.device, self.dtype), timesteps, class_labels=labels, return_dict=False)[0]
         self.image_forwards += int(noisy.shape[0])
-        return output.float()
+        return epsilon_from_output(self.scheduler, output.float(), noisy.to(self.device).float(), timesteps)
 
     def add_noise(self, clean: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
         """x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε."""

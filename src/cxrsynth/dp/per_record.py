@@ -20,6 +20,8 @@ from diffusers import DDPMScheduler
 from diffusers.models.attention_processor import Attention, AttnProcessor
 from torch.func import functional_call, grad, vmap
 
+from cxrsynth.model.prediction import loss_weights, training_target
+
 
 def use_vmappable_attention(unet: torch.nn.Module) -> int:
     """Give every attention block of ``unet`` diffusers' plain ``AttnProcessor``; returns how many.
@@ -43,6 +45,7 @@ def per_record_gradients(
     noise: torch.Tensor,
     timesteps: torch.Tensor,
     class_labels: torch.Tensor | None = None,
+    snr_gamma: float | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Gradient of each record's denoising loss, averaged over its K draws, w.r.t. ``unet``'s parameters.
 
@@ -54,6 +57,7 @@ def per_record_gradients(
         noise: R×K×C×S×S Gaussian noise, one per draw.
         timesteps: R×K int64 timesteps, one per draw.
         class_labels: R×K class ids (after label dropout) for a conditional UNet, else None.
+        snr_gamma: min-SNR-γ weighting of each draw's loss (as in non-DP training); None for plain MSE.
 
     Returns:
         ``(gradients, losses)``: parameter name → R×(parameter shape) tensor for every parameter
@@ -68,23 +72,27 @@ def per_record_gradients(
                          f"timesteps {tuple(timesteps.shape)}")
     if class_labels is not None and class_labels.shape != (records, draws):
         raise ValueError(f"class_labels {tuple(class_labels.shape)} do not match {records}×{draws} draws")
-    noisy = noise_scheduler.add_noise(clean.flatten(0, 1), noise.flatten(0, 1), timesteps.flatten())
-    noisy = noisy.view_as(clean)
+    flat_t = timesteps.flatten()
+    noisy = noise_scheduler.add_noise(clean.flatten(0, 1), noise.flatten(0, 1), flat_t).view_as(clean)
+    target = training_target(noise_scheduler, clean.flatten(0, 1), noise.flatten(0, 1), flat_t).view_as(clean)
+    weights = loss_weights(noise_scheduler, flat_t, snr_gamma)
+    weights = torch.ones(timesteps.shape, device=clean.device) if weights is None else weights.view(timesteps.shape)
     params = {name: p.detach() for name, p in unet.named_parameters() if p.requires_grad}
     frozen = {name: p.detach() for name, p in unet.named_parameters() if not p.requires_grad}
     buffers = dict(unet.named_buffers())
 
-    def record_loss(trainable: dict[str, torch.Tensor], record_noisy: torch.Tensor, record_noise: torch.Tensor,
-                    record_timesteps: torch.Tensor, record_labels: torch.Tensor | None
+    def record_loss(trainable: dict[str, torch.Tensor], record_noisy: torch.Tensor, record_target: torch.Tensor,
+                    record_timesteps: torch.Tensor, record_weights: torch.Tensor, record_labels: torch.Tensor | None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         prediction = functional_call(unet, ({**trainable, **frozen}, buffers), (record_noisy, record_timesteps),
                                      {"class_labels": record_labels, "return_dict": False})[0]
         # At least float32 (bf16 autocast), never lower than the model's own precision (float64 tests).
         dtype = torch.promote_types(prediction.dtype, torch.float32)
-        loss = F.mse_loss(prediction.to(dtype), record_noise.to(dtype))
+        per_draw = (prediction.to(dtype) - record_target.to(dtype)).pow(2).flatten(1).mean(dim=1)
+        loss = (per_draw * record_weights.to(dtype)).mean()
         return loss, loss.detach()
 
     label_dim = None if class_labels is None else 0
-    per_record = vmap(grad(record_loss, has_aux=True), in_dims=(None, 0, 0, 0, label_dim), randomness="different")
-    gradients, losses = per_record(params, noisy, noise, timesteps, class_labels)
+    per_record = vmap(grad(record_loss, has_aux=True), in_dims=(None, 0, 0, 0, 0, label_dim), randomness="different")
+    gradients, losses = per_record(params, noisy, target, timesteps, weights, class_labels)
     return gradients, losses

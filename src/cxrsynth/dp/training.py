@@ -221,7 +221,7 @@ def private_optimisation_step(parts: TrainingParts) -> tuple[torch.Tensor, torch
                 clean, noise, timesteps, labels = _record_inputs(parts, batch.images, batch.class_ids)
                 with accelerator.autocast():
                     gradients, losses = per_record_gradients(parts.unet, parts.noise_scheduler, clean, noise,
-                                                             timesteps, labels)
+                                                             timesteps, labels, parts.config.snr_gamma)
                 loss_sum += losses.sum()
                 records += len(batch.rows)
             for name, p in trainable:

@@ -119,7 +119,8 @@ def _predict_noise(
     guidance_scale: float,
     null_labels: torch.Tensor | None,
 ) -> torch.Tensor:
-    """ε prediction (float32), with classifier-free guidance when ``null_labels`` is given."""
+    """The model's output (float32; ε or v, which the scheduler reads from its ``prediction_type``), with
+    classifier-free guidance when ``null_labels`` is given (linear, so it applies to v as to ε)."""
     model_input = sample.to(unet.dtype)
     if null_labels is None:
         batch_t = timestep.expand(sample.shape[0])
@@ -147,7 +148,7 @@ def sample_batch(
     """Generate one batch of images, image ``k`` fully determined by ``(seed, indices[k])``.
 
     Args:
-        unet: the denoiser (ε-prediction; the bare model, not a DDP/compile wrapper), in eval mode,
+        unet: the denoiser (ε- or v-prediction, as ``train_scheduler`` says; the bare model, not a DDP/compile wrapper), in eval mode,
             on the device and in the dtype to sample with (inputs are cast to its dtype).
         train_scheduler: the scheduler the model was trained with (defines the noise schedule).
         sampler: ``ddpm``, ``ddim`` or ``dpmsolver`` (see :data:`SAMPLERS`).

@@ -97,13 +97,13 @@ def make_accelerator(config: TrainConfig, run_dir: str) -> Accelerator:
 
 
 def build_noise_scheduler(config: TrainConfig) -> DDPMScheduler:
-    """The training ``DDPMScheduler`` (ε-prediction, ``num_train_timesteps``, chosen β schedule)."""
+    """The training ``DDPMScheduler`` (``num_train_timesteps``, chosen β schedule and prediction type)."""
     return DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_start=config.beta_start,
         beta_end=config.beta_end,
         beta_schedule=BETA_SCHEDULES[config.beta_schedule],
-        prediction_type="epsilon",
+        prediction_type=config.prediction_type,
     )
 
 

@@ -206,7 +206,8 @@ def optimisation_step(parts: TrainingParts) -> tuple[torch.Tensor, torch.Tensor]
                 labels = drop_labels(batch.class_ids.to(device), parts.vocabulary.null_class,
                                      config.label_dropout, parts.noise_generator)
             noise, timesteps = draw_diffusion_noise(clean, config.num_train_timesteps, parts.noise_generator)
-            losses = per_example_denoising_loss(parts.unet, parts.noise_scheduler, clean, noise, timesteps, labels)
+            losses = per_example_denoising_loss(parts.unet, parts.noise_scheduler, clean, noise, timesteps, labels,
+                                                config.snr_gamma)
             loss = losses.mean()
             accelerator.backward(loss)
             if accelerator.sync_gradients:

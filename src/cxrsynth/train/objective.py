@@ -1,4 +1,5 @@
-"""The DDPM training objective, per example: ε-prediction MSE at a random timestep.
+"""The DDPM training objective, per example: MSE of the ε (or v) prediction at a random timestep,
+optionally min-SNR-γ weighted (:mod:`cxrsynth.model.prediction`).
 
 Kept apart from the optimisation step so that a differentially private trainer can reuse it:
 DP-SGD needs one loss per record (to clip per-record gradients), and noise multiplicity needs
@@ -11,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+
+from cxrsynth.model.prediction import loss_weights, training_target
 
 
 def draw_diffusion_noise(
@@ -48,20 +51,25 @@ def per_example_denoising_loss(
     noise: torch.Tensor,
     timesteps: torch.Tensor,
     class_labels: torch.Tensor | None = None,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
-    """Mean squared error of the UNet's noise prediction, one value per example.
+    """Mean squared error of the UNet's prediction (ε or v), one value per example.
 
     Args:
-        unet: the ε-prediction UNet (possibly wrapped by Accelerate / DDP).
-        noise_scheduler: the training DDPM scheduler (defines ᾱ_t).
+        unet: the UNet (possibly wrapped by Accelerate / DDP).
+        noise_scheduler: the training DDPM scheduler (defines ᾱ_t and the prediction type).
         clean: clean images B×C×S×S in [-1, 1].
         noise: the noise added (same shape).
         timesteps: int64 timesteps (B,).
         class_labels: class ids (B,) for a conditional UNet, else None.
+        snr_gamma: min-SNR-γ weighting of each example's loss; None for the plain MSE.
 
     Returns:
-        Float32 tensor (B,): per-example loss, averaged over pixels.
+        Float32 tensor (B,): per-example (weighted) loss, averaged over pixels.
     """
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)
     prediction = unet(noisy, timesteps, class_labels=class_labels, return_dict=False)[0]
-    return F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    target = training_target(noise_scheduler, clean, noise, timesteps)
+    losses = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    weights = loss_weights(noise_scheduler, timesteps, snr_gamma)
+    return losses if weights is None else losses * weights
