@@ -42,10 +42,17 @@ def test_offline_run_succeeds_with_fid_null_and_every_other_metric(tmp_path: Pat
     assert report["n_real"] == 12 and report["n_synthetic"] == 12
     assert report["fd_domain"] > 0 and report["fd_domain_ci"][0] <= report["fd_domain"] <= report["fd_domain_ci"][1]
     assert report["fd_domain_real_baseline"] > 0 and report["baseline_split"] in {"holdout", "member"}
+    low, high = report["fd_domain_real_baseline_ci"]
+    assert low <= report["fd_domain_real_baseline"] <= high
+    assert report["matched_n"] == 12 and report["fd_domain_sampling"]["n"] == 6
+    assert report["fd_domain_sampling"]["n_reference"] == 6
     for key in ("precision_domain", "recall_domain", "precision_domain_real_baseline", "recall_domain_real_baseline"):
         assert 0.0 <= report[key] <= 1.0
     utility = report["utility"]
     assert report["utility_skipped"] is None and 0.0 <= utility["tstr_auroc"] <= 1.0 and utility["per_finding"]
+    assert utility["n_train_synthetic"] == utility["n_train_real"] == utility["matched_n_train"] == 12
+    assert utility["n_real_available"] == report["domain_classifier"]["n_train"] > 12 and utility["trtr_retrained"]
+    assert utility["bootstrap_unit"] == "patient" and utility["n_test_patients"] == 6 and utility["n_test"] == 12
     assert 0 < report["diversity"]["ms_ssim_synthetic"] <= 1 and 0 < report["diversity"]["ms_ssim_real"] <= 1
     assert report["pixel"]["histogram_wasserstein"] >= 0 and report["pixel"]["power_spectrum_distance_real_baseline"] >= 0
     assert any("10,000" in warning for warning in report["warnings"])
@@ -55,6 +62,7 @@ def test_offline_run_succeeds_with_fid_null_and_every_other_metric(tmp_path: Pat
     assert set(report["plots"]) == {"pixel_stats", "domain_features", "utility_auroc"}
     table = capsys.readouterr().out
     assert "FD (domain)" in table and "skipped" in table and "real baseline" in table
+    assert "matched N=12" in " ".join(table.split())
 
     # A second evaluation reuses the cached classifier; groups not requested are null with the reason.
     assert _evaluate("--run", str(run), "--classifier-steps", "20", "--metrics", "domain") == 0

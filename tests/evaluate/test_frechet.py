@@ -10,7 +10,7 @@ from torch_fidelity.metric_fid import fid_statistics_to_metric
 from torch_fidelity.metric_prc import calculate_precision_recall_part
 
 from cxrsynth.errors import CxrsynthError
-from cxrsynth.evaluate.bootstrap import bootstrap_frechet_interval, percentile_interval
+from cxrsynth.evaluate.bootstrap import half_sample_frechet, percentile_interval
 from cxrsynth.evaluate.frechet import (
     frechet_distance,
     frechet_distance_from_statistics,
@@ -106,10 +106,12 @@ def test_bad_inputs_are_clear_errors() -> None:
         knn_precision_recall(np.full((5, 2), np.nan), np.zeros((5, 2)))
 
 
-def test_bootstrap_interval_is_seeded_and_brackets_the_estimate() -> None:
+def test_half_sample_interval_is_seeded_and_brackets_the_estimate() -> None:
     rng = np.random.default_rng(5)
     a, b = rng.normal(size=(200, 3)), rng.normal(0.5, 1.0, size=(200, 3))
-    first = bootstrap_frechet_interval(a, b, resamples=100, seed=7)
-    assert first == bootstrap_frechet_interval(a, b, resamples=100, seed=7)
-    assert first[0] < frechet_distance(a, b) < first[1]
+    first = half_sample_frechet(a, b, resamples=100, seed=7)
+    assert first.interval == half_sample_frechet(a, b, resamples=100, seed=7).interval
+    assert first.interval[0] < first.estimate < first.interval[1]
+    # The estimate is the expected distance at the half sizes: close to, and above, the full-sample one.
+    assert frechet_distance(a, b) < first.estimate < 1.5 * frechet_distance(a, b)
     assert percentile_interval(np.array([np.nan])) is None

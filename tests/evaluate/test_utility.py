@@ -8,7 +8,13 @@ from sklearn.metrics import roc_auc_score
 
 from cxrsynth.errors import CxrsynthError
 from cxrsynth.evaluate.domain import ClassifierConfig, train_classifier
-from cxrsynth.evaluate.utility import UtilityInputs, auroc_per_finding, evaluate_utility, label_matrix_from_texts
+from cxrsynth.evaluate.utility import (
+    RealTrainingSet,
+    UtilityInputs,
+    auroc_per_finding,
+    evaluate_utility,
+    label_matrix_from_texts,
+)
 
 
 def _bright_when_positive(labels: np.ndarray, seed: int, size: int = 16) -> np.ndarray:
@@ -82,3 +88,63 @@ def test_utility_needs_a_scorable_finding() -> None:
     inputs = UtilityInputs(_bright_when_positive(labels, 1), labels, _bright_when_positive(labels, 2), labels)
     with pytest.raises(CxrsynthError, match="both positive and negative"):
         evaluate_utility(trtr, inputs)
+
+
+def _bright_classifier(count: int, seed: int, steps: int = 40):
+    config = ClassifierConfig(image_size=16, label_names=("Bright", "Noise"), steps=steps, batch_size=32, seed=0)
+    labels = _labels(count, seed)
+    images = _bright_when_positive(labels, seed)
+    return train_classifier(images, labels, config, device="cpu"), images, labels
+
+
+def test_tstr_and_trtr_train_on_the_same_number_of_images() -> None:
+    trtr, member_images, member_labels = _bright_classifier(48, 1)
+    test_labels = _labels(60, 3)
+    test_images = _bright_when_positive(test_labels, 3)
+    many_synthetic = _labels(96, 2)
+    more_synthetic = evaluate_utility(trtr, UtilityInputs(_bright_when_positive(many_synthetic, 2), many_synthetic,
+                                                          test_images, test_labels), seed=0, resamples=20)
+    assert more_synthetic["matched_n_train"] == more_synthetic["n_train_synthetic"] == more_synthetic["n_train_real"] == 48
+    assert more_synthetic["n_synthetic_available"] == 96 and more_synthetic["trtr_retrained"] is False
+    assert sum(row["n_positive_synthetic"] for row in more_synthetic["per_finding"]) < many_synthetic.sum()
+
+    # More members than synthetic images: TRTR is retrained on a seeded subsample of the synthetic set's size.
+    few_synthetic = _labels(24, 4)
+    real = RealTrainingSet(images=member_images, rows=np.arange(48), labels=member_labels)
+    inputs = UtilityInputs(_bright_when_positive(few_synthetic, 4), few_synthetic, test_images, test_labels,
+                           real_training=real)
+    fewer_synthetic = evaluate_utility(trtr, inputs, seed=0, resamples=20)
+    assert fewer_synthetic["n_train_synthetic"] == fewer_synthetic["n_train_real"] == 24
+    assert fewer_synthetic["n_real_available"] == 48 and fewer_synthetic["trtr_retrained"] is True
+    assert fewer_synthetic["trtr_auroc"] != more_synthetic["trtr_auroc"]
+    assert evaluate_utility(trtr, inputs, seed=0, resamples=20)["trtr_auroc"] == fewer_synthetic["trtr_auroc"]
+    with pytest.raises(CxrsynthError, match="real_training"):
+        evaluate_utility(trtr, UtilityInputs(inputs.synthetic_images, few_synthetic, test_images, test_labels))
+
+
+def test_intervals_resample_test_patients_not_images() -> None:
+    trtr, _, _ = _bright_classifier(64, 1, steps=20)
+    synthetic_labels, test_labels = _labels(64, 2), _labels(40, 3)
+    synthetic_images, test_images = _bright_when_positive(synthetic_labels, 2), _bright_when_positive(test_labels, 3)
+    unique = evaluate_utility(trtr, UtilityInputs(synthetic_images, synthetic_labels, test_images, test_labels),
+                              seed=0, resamples=100)
+    # Every test patient now has 5 identical images: resampling patients must give exactly the
+    # intervals of the 40 distinct images; resampling images would make them narrower.
+    copies = 5
+    patients = np.repeat([f"p{i:02d}" for i in range(40)], copies)
+    repeated = UtilityInputs(synthetic_images, synthetic_labels, np.repeat(test_images, copies, axis=0),
+                             np.repeat(test_labels, copies, axis=0), test_patients=patients)
+    by_patient = evaluate_utility(trtr, repeated, seed=0, resamples=100)
+    assert by_patient["bootstrap_unit"] == "patient" and by_patient["n_test_patients"] == 40
+    assert by_patient["n_test"] == 200 and unique["bootstrap_unit"] == "image"
+    for key in ("tstr_auroc_ci", "trtr_auroc_ci", "ratio_ci"):
+        assert by_patient[key] == pytest.approx(unique[key], abs=1e-9), key
+    by_image = evaluate_utility(trtr, UtilityInputs(*[getattr(repeated, f) for f in
+                                                      ("synthetic_images", "synthetic_labels", "test_images", "test_labels")]),
+                                seed=0, resamples=100)
+
+    def width(result: dict) -> float:
+        return result["trtr_auroc_ci"][1] - result["trtr_auroc_ci"][0]
+
+    print(f"TRTR macro AUROC 95% width: {width(by_patient):.3f} over patients, {width(by_image):.3f} over images")
+    assert width(by_image) < 0.7 * width(by_patient)

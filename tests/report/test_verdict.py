@@ -185,3 +185,21 @@ def test_a_dp_run_labels_what_its_guarantee_does_not_cover() -> None:
     assert "not covered" not in text(realism_answer(fidelity(11.0, (9.0, 14.0)), "c").evidence)
     useful = utility_answer(fidelity(1, (1, 1), utility=utility(0.78, (0.72, 0.84))), True, "r", "c", dp=True)
     assert "TRTR and the ratio are not covered by the DP guarantee" in useful.evidence[0]
+
+
+def test_realism_states_the_matched_n_of_its_distances() -> None:
+    sampled = {**fidelity(11.0, (9.0, 14.0)), "n_synthetic": 800, "matched_n": 500,
+               "fd_domain_sampling": {"method": "half-samples without replacement", "matched_n": 500, "n": 250,
+                                      "n_reference": 250, "resamples": 200}}
+    evidence = text(realism_answer(sampled, "c").evidence)
+    assert "matched N = 500 synthetic (of 800) and 500 real-baseline images against 500 real test images" in evidence
+    assert "mean over 200 half-samples of 250 vs 250 images" in evidence and "not the population distance" in evidence
+    # A fidelity.json written before matched N still gets its verdict, with the set sizes.
+    assert "N = 500 real test / 500 synthetic images" in text(realism_answer(fidelity(11.0, (9.0, 14.0)), "c").evidence)
+
+
+def test_an_interval_too_wide_to_tell_is_not_called_realistic() -> None:
+    # The quick demo's numbers: 10 vs 14 images per half-sample against 128-d features.
+    wide = realism_answer(fidelity(9.38, (3.04, 24.3), base=6.19), "c")
+    assert wide.level == "unknown" and wide.short == "inconclusive" and not wide.can_claim
+    assert "Too few images to tell" in text(wide.evidence) and "--num-samples" in text(wide.next_steps)

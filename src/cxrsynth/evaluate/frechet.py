@@ -14,7 +14,7 @@ the domain classifier here, the audit's features, or Inception features.
   k-th nearest neighbour (k = 3) in the same set; precision is the fraction of synthetic points
   inside the real manifold, recall the fraction of real points inside the synthetic manifold.
 
-Bootstrap intervals over these functions live in :mod:`cxrsynth.evaluate.bootstrap`.
+Resampling intervals over these functions (half-samples at a matched N) live in :mod:`cxrsynth.evaluate.bootstrap`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ Image sets
 * **synthetic** — the samples (the first ``--num-samples`` by manifest index, or all of them);
 * **real baseline** — real images no model trained on: the ``holdout`` split (the generator's own
   patient pool, never trained on), or when it is empty the other of ``member``/``test``; a seeded
-  random subset of the synthetic set's size (or all when the split is smaller). Every "real
+  random subset of the synthetic set's size (or all when the split is smaller — the domain group
+  then subsamples the synthetic set to the baseline's size, ``matched_n``). Every "real
   baseline" value is the same metric computed with the real baseline in place of the synthetic
   images: what "as good as real" looks like at this N. (``member`` is avoided because it is the
   domain classifier's training data: its features are in-sample.)
@@ -40,14 +41,32 @@ Sample sizes:
 * ``n_real`` (int) — reference images used by every reference-vs-synthetic metric.
 * ``n_synthetic`` (int) — synthetic images used.
 * ``n_real_baseline`` (int) — real-baseline images; ``baseline_split`` (str) — their split.
+* ``matched_n`` (int|null) — images of the synthetic set *and* of the real baseline in every
+  synthetic-vs-baseline comparison of the domain group (Fréchet distance, k-NN precision/recall):
+  ``min(n_synthetic, n_real_baseline)``, the larger set subsampled once (seeded, without
+  replacement), so both sides carry the same small-N bias; null when the domain group did not run.
 
 Domain classifier space (:mod:`cxrsynth.evaluate.domain`, 128-d penultimate features):
 
-* ``fd_domain`` (float|null) — Fréchet distance, synthetic vs reference.
-* ``fd_domain_ci`` ([low, high]|null) — 95% percentile bootstrap interval of ``fd_domain``.
-* ``fd_domain_real_baseline`` (float|null) — Fréchet distance, real baseline vs reference.
-* ``precision_domain`` / ``recall_domain`` (float|null) — k-NN precision/recall (k=3), synthetic vs reference.
-* ``precision_domain_real_baseline`` / ``recall_domain_real_baseline`` (float|null) — the same for the real baseline.
+* ``fd_domain`` (float|null) — Fréchet distance, synthetic vs reference, *at the half-sample sizes of
+  ``fd_domain_sampling``*: the mean over half-samples drawn without replacement (``n`` of the
+  ``matched_n`` synthetic images, ``n_reference`` reference images), i.e. an unbiased estimate of
+  the expected distance between sets of those sizes (:mod:`cxrsynth.evaluate.bootstrap`). It is
+  larger than the population distance (the Fréchet distance is biased upwards at small N) and
+  comparable only with distances at the same sizes — such as ``fd_domain_real_baseline``.
+* ``fd_domain_ci`` ([low, high]|null) — central 95% of the half-sample distances: an approximate 95%
+  interval (conservative near 0) for the expected distance at those sizes, not for the population
+  distance; it always contains ``fd_domain``.
+* ``fd_domain_real_baseline`` (float|null) — the same estimate for the real baseline vs reference, at the
+  same sizes and with the same reference halves.
+* ``fd_domain_real_baseline_ci`` ([low, high]|null) — its interval, as ``fd_domain_ci``.
+* ``fd_domain_sampling`` (object|null) — how both were computed: ``method``
+  (``"half-samples without replacement"``), ``matched_n``, ``n`` (synthetic and baseline images per
+  half-sample, ``matched_n // 2``), ``n_reference`` (reference images per half-sample), ``resamples``.
+* ``precision_domain`` / ``recall_domain`` (float|null) — k-NN precision/recall (k=3), synthetic vs
+  reference, on the ``matched_n`` synthetic images (recall depends on the synthetic set's size).
+* ``precision_domain_real_baseline`` / ``recall_domain_real_baseline`` (float|null) — the same for the
+  ``matched_n`` real-baseline images.
 * ``domain_skipped`` (str|null).
 * ``domain_classifier`` (object|null) — ``path`` (cache folder), ``task`` (findings|rotation),
   ``label_names``, ``feature_dim``, ``steps``, ``batch_size``, ``seed``, ``reused`` (bool: loaded
@@ -56,11 +75,17 @@ Domain classifier space (:mod:`cxrsynth.evaluate.domain`, 128-d penultimate feat
 Downstream utility (:mod:`cxrsynth.evaluate.utility`; conditional runs only):
 
 * ``utility`` (object|null) — ``tstr_auroc``, ``trtr_auroc`` (macro AUROC on real ``test``),
-  ``tstr_auroc_ci``, ``trtr_auroc_ci``, ``ratio`` (TSTR/TRTR), ``ratio_ci``, ``per_finding``
-  (list of ``finding``, ``n_positive_test``, ``n_positive_synthetic``, ``tstr_auroc``,
+  ``tstr_auroc_ci``, ``trtr_auroc_ci``, ``ratio`` (TSTR/TRTR), ``ratio_ci`` (95% percentile
+  intervals of a cluster bootstrap over test *patients*), ``per_finding`` (list of ``finding``,
+  ``n_positive_test``, ``n_positive_synthetic`` (among the images TSTR trained on), ``tstr_auroc``,
   ``tstr_auroc_ci``, ``trtr_auroc``, ``trtr_auroc_ci``), ``macro_over`` (findings averaged),
-  ``n_train_synthetic``, ``n_train_real``, ``n_test``, ``classifier`` (steps, batch_size, seed),
-  ``tstr_training_seconds``.
+  ``matched_n_train`` (images each classifier trained on: min of the synthetic and member counts),
+  ``n_train_synthetic`` / ``n_train_real`` (images TSTR / TRTR trained on; both equal
+  ``matched_n_train``), ``n_synthetic_available`` / ``n_real_available`` (before the seeded
+  subsampling), ``trtr_retrained`` (true when TRTR is a classifier trained on a subsample of the
+  members rather than the run's domain classifier), ``n_test`` (images), ``n_test_patients``,
+  ``bootstrap_unit`` (``patient``, or ``image`` when no patient ids were given), ``classifier``
+  (steps, batch_size, seed), ``tstr_training_seconds``. Details in :mod:`cxrsynth.evaluate.utility`.
 * ``utility_skipped`` (str|null) — e.g. unconditional run, or data without finding labels.
 
 Diversity (:mod:`cxrsynth.evaluate.diversity`):
@@ -104,9 +129,9 @@ from PIL import Image
 from cxrsynth.data.prepared import PreparedData, load_prepared
 from cxrsynth.errors import CxrsynthError
 from cxrsynth.evaluate import frechet, inception, pixel, plots
-from cxrsynth.evaluate.bootstrap import bootstrap_frechet_interval
+from cxrsynth.evaluate.bootstrap import matched_frechet
 from cxrsynth.evaluate.domain import DEFAULT_STEPS, DOMAIN_FOLDER, DomainClassifier, domain_classifier_for_run
-from cxrsynth.evaluate.utility import UtilityInputs, evaluate_utility, label_matrix_from_texts
+from cxrsynth.evaluate.utility import RealTrainingSet, UtilityInputs, evaluate_utility, label_matrix_from_texts
 from cxrsynth.fsutil import atomic_write_json
 
 METRIC_GROUPS: tuple[str, ...] = ("fid", "kid", "prc", "domain", "utility", "diversity", "pixel")
@@ -130,8 +155,8 @@ FAST_SAMPLER, FAST_STEPS = "dpmsolver", 25
 
 INCEPTION_KEYS = {"fid": ("fid",), "kid": ("kid", "kid_std"), "prc": ("precision", "recall")}
 DOMAIN_KEYS = (
-    "fd_domain", "fd_domain_ci", "fd_domain_real_baseline", "precision_domain", "recall_domain",
-    "precision_domain_real_baseline", "recall_domain_real_baseline",
+    "fd_domain", "fd_domain_ci", "fd_domain_real_baseline", "fd_domain_real_baseline_ci", "fd_domain_sampling",
+    "matched_n", "precision_domain", "recall_domain", "precision_domain_real_baseline", "recall_domain_real_baseline",
 )
 
 NOT_REQUESTED = "not requested (--metrics)"
@@ -447,13 +472,20 @@ def domain_group(sets: ImageSets, classifier: DomainClassifier, options: Evaluat
         "synthetic": classifier.features(sets.synthetic),
         "baseline": classifier.features(sets.baseline),
     }
-    report["fd_domain"] = frechet.frechet_distance(features["reference"], features["synthetic"])
-    report["fd_domain_ci"] = bootstrap_frechet_interval(
-        features["reference"], features["synthetic"], resamples=options.bootstrap_resamples, seed=options.seed
+    matched = matched_frechet(
+        features["reference"], features["synthetic"], features["baseline"],
+        resamples=options.bootstrap_resamples, seed=options.seed,
     )
-    report["fd_domain_real_baseline"] = frechet.frechet_distance(features["reference"], features["baseline"])
-    synthetic_pr = frechet.knn_precision_recall(features["reference"], features["synthetic"])
-    baseline_pr = frechet.knn_precision_recall(features["reference"], features["baseline"])
+    report["fd_domain"], report["fd_domain_ci"] = matched.synthetic.estimate, matched.synthetic.interval
+    report["fd_domain_real_baseline"] = matched.baseline.estimate
+    report["fd_domain_real_baseline_ci"] = matched.baseline.interval
+    report["matched_n"] = matched.matched_n
+    report["fd_domain_sampling"] = {
+        "method": "half-samples without replacement", "matched_n": matched.matched_n, "n": matched.half_n,
+        "n_reference": matched.half_n_reference, "resamples": matched.resamples,
+    }
+    synthetic_pr = frechet.knn_precision_recall(features["reference"], features["synthetic"][matched.synthetic_rows])
+    baseline_pr = frechet.knn_precision_recall(features["reference"], features["baseline"][matched.baseline_rows])
     report["precision_domain"], report["recall_domain"] = synthetic_pr.precision, synthetic_pr.recall
     report["precision_domain_real_baseline"] = baseline_pr.precision
     report["recall_domain_real_baseline"] = baseline_pr.recall
@@ -472,11 +504,14 @@ def utility_group(sets: ImageSets, classifier: DomainClassifier, options: Evalua
         report["utility_skipped"] = "the prepared data has no finding labels, so there is nothing to classify"
         return
     test_rows = np.sort(data.rows("test"))
+    member_rows = np.sort(data.rows("member"))  # the rows the domain classifier (TRTR) was trained on
     inputs = UtilityInputs(
         synthetic_images=sets.synthetic,
         synthetic_labels=label_matrix_from_texts(sets.synthetic_labels, classifier.config.label_names),
         test_images=np.asarray(data.images[test_rows]),
         test_labels=data.label_matrix(test_rows),
+        test_patients=data.index.loc[test_rows, "patient_id"].to_numpy(dtype=str),
+        real_training=RealTrainingSet(images=data.images, rows=member_rows, labels=data.label_matrix(member_rows)),
     )
     report["utility"] = evaluate_utility(
         classifier, inputs, seed=options.seed, resamples=options.bootstrap_resamples, progress=options.progress
@@ -724,21 +759,30 @@ def table_rows(report: dict) -> list[tuple[str, str, str, str]]:
             value = "skipped" if report.get(f"{key}_skipped") else "—"
         rows.append((label, value, "—", n_pair))
     if report["fd_domain"] is not None:
+        sampling = report.get("fd_domain_sampling") or {}
+        matched = report.get("matched_n") or report["n_synthetic"]
+        matched_base = f" ({report['baseline_split']}, N={matched})"
+        fd_n = (f"{sampling['n_reference']} / {sampling['n']} per half-sample (matched N={matched})"
+                if sampling else n_pair)
+        matched_pair = f"{report['n_real']} / {matched}"
         rows.append(("FD (domain)", _number(report["fd_domain"]) + _interval(report["fd_domain_ci"]),
-                     _number(report["fd_domain_real_baseline"]) + base, n_pair))
+                     _number(report["fd_domain_real_baseline"]) + _interval(report.get("fd_domain_real_baseline_ci"))
+                     + matched_base, fd_n))
         rows.append(("precision (domain, k=3)", _number(report["precision_domain"], 3),
-                     _number(report["precision_domain_real_baseline"], 3) + base, n_pair))
+                     _number(report["precision_domain_real_baseline"], 3) + matched_base, matched_pair))
         rows.append(("recall (domain, k=3)", _number(report["recall_domain"], 3),
-                     _number(report["recall_domain_real_baseline"], 3) + base, n_pair))
+                     _number(report["recall_domain_real_baseline"], 3) + matched_base, matched_pair))
     elif _skipped(report, "domain"):
         rows.append(("FD (domain)", "skipped", "—", n_pair))
     utility = report["utility"]
     if utility is not None:
+        trained = utility.get("matched_n_train")
+        test_n = f"{utility['n_test']} test" + (
+            f" ({utility['n_test_patients']} patients)" if utility.get("n_test_patients") is not None else ""
+        ) + (f"; {trained} train each" if trained is not None else "")
         rows.append(("AUROC macro: TSTR | TRTR", _number(utility["tstr_auroc"], 3) + _interval(utility["tstr_auroc_ci"]),
-                     _number(utility["trtr_auroc"], 3) + _interval(utility["trtr_auroc_ci"]),
-                     f"{utility['n_test']} test"))
-        rows.append(("utility ratio TSTR/TRTR", _number(utility["ratio"], 3) + _interval(utility["ratio_ci"]), "1",
-                     f"{utility['n_test']} test"))
+                     _number(utility["trtr_auroc"], 3) + _interval(utility["trtr_auroc_ci"]), test_n))
+        rows.append(("utility ratio TSTR/TRTR", _number(utility["ratio"], 3) + _interval(utility["ratio_ci"]), "1", test_n))
     elif _skipped(report, "utility"):
         rows.append(("utility (TSTR/TRTR)", "skipped", "—", ""))
     if report["diversity"] is not None:

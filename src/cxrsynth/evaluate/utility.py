@@ -3,26 +3,45 @@
 TSTR ("train on synthetic, test on real") vs TRTR ("train on real, test on real"), Esteban et al.
 (2017): the same :class:`~cxrsynth.evaluate.domain.CompactCxrNet` architecture, budget (steps ×
 batch) and seed is trained once on the synthetic images with the labels they were sampled with,
-and once on the real ``member`` images with their finding labels — the run's domain classifier
-*is* that TRTR model, so it is reused. Both are scored on the real ``test`` split: AUROC per
-finding (rank-based; equal to scikit-learn's ``roc_auc_score``), the macro average over findings with both classes present in ``test``,
-and ``ratio`` = TSTR macro / TRTR macro (1 = synthetic data as useful as real data).
+and once on the real ``member`` images with their finding labels. Both are scored on the real
+``test`` split: AUROC per finding (rank-based; equal to scikit-learn's ``roc_auc_score``), the
+macro average over findings with both classes present in ``test``, and ``ratio`` = TSTR macro /
+TRTR macro (1 = synthetic data as useful as real data).
 
-95% intervals come from one paired bootstrap over the test images: each resample scores both
-models on the same images, so the ratio's interval accounts for their correlation.
+**Same number of training images.** A classifier trained on more images is better for that reason
+alone, so the two are trained on ``matched_n_train = min(n_synthetic, n_member)`` images each: the
+larger set is subsampled (seeded, without replacement). When the synthetic set is the larger one
+(or as large), TRTR is the run's domain classifier, reused as is; when the members are more, TRTR is
+trained anew on a seeded subsample of them (``trtr_retrained``), with the step budget capped for
+the smaller set (:func:`~cxrsynth.evaluate.domain.classifier_steps_for`) — the same config as TSTR.
+
+**Intervals over patients.** 95% intervals come from one paired cluster bootstrap over the test
+*patients*: each resample draws patients with replacement and takes all their images
+(:func:`~cxrsynth.evaluate.bootstrap.patient_bootstrap_rows`), because a patient's images are not
+independent — resampling images would treat 60 follow-ups of one patient as 60 independent
+cases and give intervals that are too narrow. Each resample scores both models on the same
+images, so the ratio's interval accounts for their correlation. The intervals reflect the finite
+test set only, not the randomness of training (one seed per classifier). Without patient ids each
+image is its own patient (``bootstrap_unit`` = ``image``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.stats import rankdata
 
 from cxrsynth.data.prepared import split_labels
 from cxrsynth.errors import CxrsynthError
-from cxrsynth.evaluate.bootstrap import DEFAULT_RESAMPLES, percentile_interval
-from cxrsynth.evaluate.domain import DomainClassifier, train_classifier
+from cxrsynth.evaluate.bootstrap import (
+    DEFAULT_RESAMPLES,
+    patient_bootstrap_rows,
+    patient_groups,
+    percentile_interval,
+    subsample_rows,
+)
+from cxrsynth.evaluate.domain import ClassifierConfig, DomainClassifier, classifier_steps_for, train_classifier
 
 
 def label_matrix_from_texts(label_texts: list[str], label_names: list[str] | tuple[str, ...]) -> np.ndarray:
@@ -71,13 +90,87 @@ def _finite_or_none(value: float) -> float | None:
 
 
 @dataclass(frozen=True)
+class RealTrainingSet:
+    """The real images the TRTR classifier was trained on (to retrain it on fewer, when needed).
+
+    Attributes:
+        images: the array holding them (uint8 N×S×S; a memory-mapped array is read row by row).
+        rows: the rows of ``images`` TRTR was trained on.
+        labels: multi-hot labels, one row per entry of ``rows``.
+    """
+
+    images: np.ndarray
+    rows: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
 class UtilityInputs:
-    """Images and labels of the utility check (uint8 images, multi-hot labels over the data's findings)."""
+    """Images and labels of the utility check (uint8 images, multi-hot labels over the data's findings).
+
+    Attributes:
+        synthetic_images, synthetic_labels: the synthetic training set.
+        test_images, test_labels: the real test set.
+        test_patients: patient id of each test image (the bootstrap's unit); None: one patient per image.
+        real_training: TRTR's training set; needed only when it has more images than the synthetic
+            set (TRTR is then retrained on a subsample of the synthetic set's size).
+    """
 
     synthetic_images: np.ndarray
     synthetic_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
+    test_patients: np.ndarray | None = None
+    real_training: RealTrainingSet | None = None
+
+
+def real_training_size(trtr: DomainClassifier, inputs: UtilityInputs) -> int:
+    """Images TRTR was trained on: ``inputs.real_training``'s rows, else the classifier's recorded ``n_train``.
+
+    Raises:
+        CxrsynthError: when neither says.
+    """
+    if inputs.real_training is not None:
+        return int(len(inputs.real_training.rows))
+    count = int(trtr.info.get("n_train", 0))
+    if count < 1:
+        raise CxrsynthError("the TRTR classifier does not record how many images it was trained on")
+    return count
+
+
+def matched_trtr(
+    trtr: DomainClassifier, inputs: UtilityInputs, matched_n: int, seed: int, progress: bool = False
+) -> tuple[DomainClassifier, bool]:
+    """TRTR trained on ``matched_n`` real images: ``trtr`` itself when it was, else one retrained on a subsample.
+
+    The retrained classifier uses :func:`matched_config` of TRTR's config and a seeded subsample of
+    ``inputs.real_training`` drawn without replacement; TSTR then trains with the same config.
+
+    Returns:
+        ``(classifier, retrained)``.
+
+    Raises:
+        CxrsynthError: when a retraining is needed but ``inputs.real_training`` is missing.
+    """
+    if real_training_size(trtr, inputs) <= matched_n:
+        return trtr, False
+    real = inputs.real_training
+    if real is None:
+        raise CxrsynthError(
+            "TRTR was trained on more images than the synthetic set has, and its training images were not given",
+            "pass UtilityInputs.real_training so that TRTR can be retrained at the matched N",
+        )
+    chosen = subsample_rows(len(real.rows), matched_n, np.random.default_rng([seed, 12]))
+    classifier = train_classifier(
+        real.images, np.asarray(real.labels)[chosen], matched_config(trtr.config, matched_n), device=trtr.device,
+        progress=progress, description="TRTR classifier (matched N)", rows=np.asarray(real.rows)[chosen],
+    )
+    return classifier, True
+
+
+def matched_config(config: ClassifierConfig, matched_n: int) -> ClassifierConfig:
+    """``config`` with its steps capped for ``matched_n`` training images (:func:`classifier_steps_for`)."""
+    return replace(config, steps=classifier_steps_for(matched_n, config.steps, config.batch_size))
 
 
 def evaluate_utility(
@@ -91,16 +184,19 @@ def evaluate_utility(
 
     Args:
         trtr: the run's domain classifier (``findings`` task, trained on real member images).
-        inputs: synthetic images with their sampled labels, and the real test images with theirs.
-        seed: bootstrap seed (the TSTR classifier uses ``trtr.config``'s seed and budget).
+        inputs: synthetic images with their sampled labels, the real test images with theirs (and
+            their patient ids), and TRTR's training set (see :class:`UtilityInputs`).
+        seed: seed of the bootstrap and of the subsampling to the matched N (the classifiers use
+            ``trtr.config``'s seed and budget, the steps capped for the matched N).
         resamples: bootstrap resamples.
-        progress: show the TSTR training progress bar.
+        progress: show the training progress bars.
 
     Returns:
         The ``utility`` object of ``fidelity.json`` (documented in :mod:`cxrsynth.evaluate.runner`).
 
     Raises:
-        CxrsynthError: when ``trtr`` is not a findings classifier, or no finding has both classes in test.
+        CxrsynthError: when ``trtr`` is not a findings classifier, no finding has both classes in test,
+            or TRTR needs retraining at the matched N and ``inputs.real_training`` is missing.
     """
     if trtr.config.task != "findings":
         raise CxrsynthError("the utility check needs a classifier trained on finding labels")
@@ -108,19 +204,28 @@ def evaluate_utility(
     scorable = np.array([0 < inputs.test_labels[:, j].sum() < len(inputs.test_labels) for j in range(len(names))])
     if not scorable.any():
         raise CxrsynthError("no finding has both positive and negative images in the test split; AUROC is undefined")
-    tstr = train_classifier(
-        inputs.synthetic_images, inputs.synthetic_labels, trtr.config, device=trtr.device, progress=progress,
-        description="TSTR classifier",
+    n_synthetic, n_real = len(inputs.synthetic_images), real_training_size(trtr, inputs)
+    matched_n = min(n_synthetic, n_real)
+    real_model, retrained = matched_trtr(trtr, inputs, matched_n, seed, progress)
+    synthetic_rows = (
+        np.arange(n_synthetic) if n_synthetic == matched_n
+        else subsample_rows(n_synthetic, matched_n, np.random.default_rng([seed, 11]))
     )
-    scores = {"tstr": tstr.predict_proba(inputs.test_images), "trtr": trtr.predict_proba(inputs.test_images)}
+    synthetic_labels = np.asarray(inputs.synthetic_labels)[synthetic_rows]
+    tstr = train_classifier(
+        inputs.synthetic_images, synthetic_labels, real_model.config, device=trtr.device, progress=progress,
+        description="TSTR classifier", rows=synthetic_rows,
+    )
+    scores = {"tstr": tstr.predict_proba(inputs.test_images), "trtr": real_model.predict_proba(inputs.test_images)}
     truth = inputs.test_labels
     point = {name: auroc_per_finding(truth, score) for name, score in scores.items()}
     columns = np.flatnonzero(scorable)
 
+    groups = patient_groups(inputs.test_patients, len(truth))
     rng = np.random.default_rng(seed)
     boot = {"tstr": [], "trtr": []}
     for _ in range(resamples):
-        rows = rng.integers(0, len(truth), size=len(truth))
+        rows = patient_bootstrap_rows(groups, rng)
         for name, score in scores.items():
             boot[name].append(auroc_per_finding(truth[rows], score[rows]))
     boot_arrays = {name: np.array(values) for name, values in boot.items()}
@@ -135,7 +240,7 @@ def evaluate_utility(
             {
                 "finding": finding,
                 "n_positive_test": int(truth[:, j].sum()),
-                "n_positive_synthetic": int(inputs.synthetic_labels[:, j].sum()),
+                "n_positive_synthetic": int(synthetic_labels[:, j].sum()),
                 "tstr_auroc": _finite_or_none(point["tstr"][j]),
                 "tstr_auroc_ci": percentile_interval(boot_arrays["tstr"][:, j]) if scorable[j] else None,
                 "trtr_auroc": _finite_or_none(point["trtr"][j]),
@@ -151,9 +256,15 @@ def evaluate_utility(
         "ratio_ci": percentile_interval(ratio_boot),
         "per_finding": per_finding,
         "macro_over": [names[j] for j in columns],
-        "n_train_synthetic": int(len(inputs.synthetic_images)),
-        "n_train_real": int(trtr.info.get("n_train", 0)),
+        "matched_n_train": int(matched_n),
+        "n_train_synthetic": int(tstr.info.get("n_train", len(synthetic_rows))),
+        "n_train_real": int(real_model.info.get("n_train", matched_n)),
+        "n_synthetic_available": int(n_synthetic),
+        "n_real_available": int(n_real),
+        "trtr_retrained": retrained,
         "n_test": int(len(truth)),
-        "classifier": {"steps": trtr.config.steps, "batch_size": trtr.config.batch_size, "seed": trtr.config.seed},
+        "n_test_patients": int(len(groups)),
+        "bootstrap_unit": "patient" if inputs.test_patients is not None else "image",
+        "classifier": {"steps": tstr.config.steps, "batch_size": tstr.config.batch_size, "seed": tstr.config.seed},
         "tstr_training_seconds": tstr.info.get("seconds"),
     }

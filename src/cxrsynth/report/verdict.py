@@ -4,8 +4,10 @@ Three questions, each answered by one :class:`Answer` built only from the JSON t
 
 * **Realistic?** (``eval/fidelity.json``) — the domain-feature Fréchet distance of the synthetic
   images to real ones, judged against the same distance for unseen real images (the real
-  baseline): ``good`` when its 95% interval reaches the baseline, ``caution`` within
-  :data:`REALISM_CAUTION_RATIO` × the baseline, ``bad`` beyond. Precision far below the baseline's,
+  baseline) at the same N (``matched_n``, half-samples; :mod:`cxrsynth.evaluate.bootstrap`):
+  ``good`` when its 95% interval reaches the baseline, ``caution`` within
+  :data:`REALISM_CAUTION_RATIO` × the baseline, ``bad`` beyond; ``unknown`` when the interval
+  reaches the baseline but also exceeds :data:`REALISM_CAUTION_RATIO` × it (too few images to tell). Precision far below the baseline's,
   or an intensity histogram much farther off than the baseline's, lowers ``good`` to ``caution``.
 * **Useful?** (``fidelity.json`` ``utility``) — train-on-synthetic / test-on-real AUROC against
   train-on-real: ``good`` when the ratio's interval reaches 1, ``caution`` when the synthetic-trained
@@ -125,10 +127,33 @@ def _not_measured(key: str, question: str, why: str, command: str) -> Answer:
 # ---------------------------------------------------------------------------------------------
 
 
+def _domain_sample_sizes(fidelity: dict) -> str:
+    """The N behind the domain distances: matched N and half-sample sizes (older files: the set sizes)."""
+    sampling = fidelity.get("fd_domain_sampling")
+    if not sampling:
+        return f"N = {fidelity['n_real']} real {fidelity['reference']} / {fidelity['n_synthetic']} synthetic images"
+    matched, subsampled = sampling["matched_n"], fidelity["n_synthetic"] > sampling["matched_n"]
+    return (f"matched N = {matched} synthetic"
+            + (f" (of {fidelity['n_synthetic']})" if subsampled else "")
+            + f" and {matched} real-baseline images against {fidelity['n_real']} real {fidelity['reference']} images; "
+            f"each distance is the mean over {sampling['resamples']} half-samples of {sampling['n']} vs "
+            f"{sampling['n_reference']} images, so it is the distance at that N, not the population distance")
+
+
+def too_wide_to_tell(fidelity: dict) -> bool:
+    """True when ``fd_domain_ci`` reaches the real baseline *and* exceeds :data:`REALISM_CAUTION_RATIO` × it.
+
+    Such an interval (typical of a few dozen images against 128-d features) is consistent both with
+    "as close as real" and with "clearly unlike real": calling that ``good`` would reward a small N.
+    """
+    ci, base = fidelity.get("fd_domain_ci"), fidelity.get("fd_domain_real_baseline")
+    return bool(ci) and base is not None and ci[0] <= base and ci[1] > REALISM_CAUTION_RATIO * base
+
+
 def _domain_realism(fidelity: dict, dp: bool = False) -> tuple[str, list[str], list[str]]:
     """Level, evidence and claims from the domain-feature distance and precision/recall (labelled for a DP run)."""
     fd, base, ci = fidelity["fd_domain"], fidelity["fd_domain_real_baseline"], fidelity["fd_domain_ci"]
-    n = f"N = {fidelity['n_real']} real {fidelity['reference']} / {fidelity['n_synthetic']} synthetic images"
+    n = _domain_sample_sizes(fidelity)
     ratio = fd / base if base else math.inf
     evidence = [
         f"Fréchet distance in the features of a chest X-ray classifier trained on this data: {fd:.3g}{_interval(ci)} "
@@ -136,7 +161,14 @@ def _domain_realism(fidelity: dict, dp: bool = False) -> tuple[str, list[str], l
         f"({fidelity['baseline_split']}) images — {ratio:.1f}× the real-vs-real distance ({n})"
         + (f"; {DOMAIN_LABEL}." if dp else ".")
     ]
-    if ci is not None and ci[0] <= base:
+    if too_wide_to_tell(fidelity):
+        level = "unknown"
+        evidence.append(
+            f"Too few images to tell: the 95% interval reaches the real-vs-real distance but also exceeds "
+            f"{REALISM_CAUTION_RATIO:g}× it, so it cannot separate a realistic generator from a clearly unrealistic one."
+        )
+        claims = []
+    elif ci is not None and ci[0] <= base:
         level = "good"
         claims = [f"In a chest X-ray classifier's features, the synthetic images are about as close to real images as "
                   f"unseen real images are: the 95% interval of their distance reaches the real-vs-real value ({n})."]
@@ -219,6 +251,9 @@ def realism_answer(fidelity: dict | None, command: str, dp: bool = False) -> Ans
         cannot.append("distances comparable with published FIDs: below 10,000 images per side they are biased upwards.")
     short = {"good": "close to real", "caution": "partly", "bad": "not yet", "unknown": "inconclusive"}[level]
     steps = () if level == "good" else ("Train longer or with a larger preset, then re-run sample, evaluate and report.",)
+    if level == "unknown" and fidelity.get("fd_domain") is not None and too_wide_to_tell(fidelity):
+        steps = ("Evaluate with more images: more synthetic samples (`--num-samples`) and, for the real baseline, "
+                 "more holdout patients when the data is prepared.",)
     return Answer("realism", question, short, level, tuple(evidence), tuple(can), tuple(cannot), steps)
 
 
