@@ -55,6 +55,9 @@ def test_offline_run_succeeds_with_fid_null_and_every_other_metric(tmp_path: Pat
     assert utility["bootstrap_unit"] == "patient" and utility["n_test_patients"] == 6 and utility["n_test"] == 12
     assert 0 < report["diversity"]["ms_ssim_synthetic"] <= 1 and 0 < report["diversity"]["ms_ssim_real"] <= 1
     assert report["pixel"]["histogram_wasserstein"] >= 0 and report["pixel"]["power_spectrum_distance_real_baseline"] >= 0
+    found = report["artefacts"]
+    assert found["n_synthetic"] == 12 and 0 <= found["count"] <= 12 and found["quantile"] == 0.995
+    assert report["artefact_rate"] == found["rate"] and report["artefact_rate_real_baseline"] == found["real_baseline"]
     assert any("10,000" in warning for warning in report["warnings"])
     assert report["domain_classifier"]["reused"] is False
     for name in report["plots"].values():
@@ -63,6 +66,7 @@ def test_offline_run_succeeds_with_fid_null_and_every_other_metric(tmp_path: Pat
     table = capsys.readouterr().out
     assert "FD (domain)" in table and "skipped" in table and "real baseline" in table
     assert "matched N=12" in " ".join(table.split())
+    assert "artefact rate" in table
 
     # A second evaluation reuses the cached classifier; groups not requested are null with the reason.
     assert _evaluate("--run", str(run), "--classifier-steps", "20", "--metrics", "domain") == 0

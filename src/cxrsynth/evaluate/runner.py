@@ -101,6 +101,12 @@ Pixel statistics (:mod:`cxrsynth.evaluate.pixel`):
   ``histogram_wasserstein_real_baseline``, ``power_spectrum_distance`` (RMS log10 difference of
   radial power spectra, decades), ``power_spectrum_distance_real_baseline``.
 * ``pixel_skipped`` (str|null).
+* ``artefacts`` (object|null; computed with ``pixel``, :mod:`cxrsynth.evaluate.artefacts`) —
+  ``rate`` (share of synthetic images whose noise score exceeds the ``quantile`` (0.995) of the
+  reference split's scores), ``count``, ``n_synthetic``, ``threshold`` (gray levels),
+  ``n_reference``, ``real_baseline`` (the same share for the real-baseline split: ≈ 0.5% by
+  construction) and ``n_real_baseline``. ``artefact_rate`` and ``artefact_rate_real_baseline``
+  (float|null) repeat ``rate`` and ``real_baseline`` at the top level.
 
 Context:
 
@@ -128,7 +134,7 @@ from PIL import Image
 
 from cxrsynth.data.prepared import PreparedData, load_prepared
 from cxrsynth.errors import CxrsynthError
-from cxrsynth.evaluate import frechet, inception, pixel, plots
+from cxrsynth.evaluate import artefacts, frechet, inception, pixel, plots
 from cxrsynth.evaluate.bootstrap import matched_frechet
 from cxrsynth.evaluate.domain import DEFAULT_STEPS, DOMAIN_FOLDER, DomainClassifier, domain_classifier_for_run
 from cxrsynth.evaluate.utility import RealTrainingSet, UtilityInputs, evaluate_utility, label_matrix_from_texts
@@ -541,13 +547,16 @@ def diversity_group(sets: ImageSets, options: EvaluateOptions, report: dict) -> 
 
 
 def pixel_group(sets: ImageSets, report: dict) -> None:
-    """Fill ``pixel``."""
+    """Fill ``pixel`` and ``artefacts``."""
     report["pixel"] = {
         "histogram_wasserstein": pixel.histogram_wasserstein(sets.reference, sets.synthetic),
         "histogram_wasserstein_real_baseline": pixel.histogram_wasserstein(sets.reference, sets.baseline),
         "power_spectrum_distance": pixel.power_spectrum_distance(sets.reference, sets.synthetic),
         "power_spectrum_distance_real_baseline": pixel.power_spectrum_distance(sets.reference, sets.baseline),
     }
+    rates = artefacts.artefact_rates(sets.synthetic, sets.reference, sets.baseline)
+    report["artefacts"] = rates.to_json()
+    report["artefact_rate"], report["artefact_rate_real_baseline"] = rates.rate, rates.real_baseline
 
 
 # ---------------------------------------------------------------------------------------------
@@ -562,6 +571,7 @@ def empty_report(metrics: tuple[str, ...], reference: str, seed: int) -> dict:
         "fid": None, "kid": None, "kid_std": None, "precision": None, "recall": None, "inception": None,
         "n_real": 0, "n_synthetic": 0, "n_real_baseline": 0, "baseline_split": None,
         "domain_classifier": None, "utility": None, "diversity": None, "pixel": None,
+        "artefacts": None, "artefact_rate": None, "artefact_rate_real_baseline": None,
         "data": None, "samples": None, "image_size": None, "plots": {}, "seconds": {},
     }
     report.update({key: None for key in DOMAIN_KEYS})
@@ -795,6 +805,11 @@ def table_rows(report: dict) -> list[tuple[str, str, str, str]]:
                      _number(pix["histogram_wasserstein_real_baseline"], 3) + base, n_pair))
         rows.append(("power spectrum dist. (decades)", _number(pix["power_spectrum_distance"], 3),
                      _number(pix["power_spectrum_distance_real_baseline"], 3) + base, n_pair))
+    found = report.get("artefacts")
+    if found is not None:
+        rows.append(("artefact rate (noise > real 99.5%)", f"{found['rate']:.1%} ({found['count']} of {found['n_synthetic']})",
+                     f"{found['real_baseline']:.1%} ({report['baseline_split']}, N={found['n_real_baseline']})",
+                     f"threshold from {found['n_reference']} {report['reference']}"))
     return rows
 
 

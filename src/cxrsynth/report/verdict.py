@@ -8,7 +8,9 @@ Three questions, each answered by one :class:`Answer` built only from the JSON t
   ``good`` when its 95% interval reaches the baseline, ``caution`` within
   :data:`REALISM_CAUTION_RATIO` × the baseline, ``bad`` beyond; ``unknown`` when the interval
   reaches the baseline but also exceeds :data:`REALISM_CAUTION_RATIO` × it (too few images to tell). Precision far below the baseline's,
-  or an intensity histogram much farther off than the baseline's, lowers ``good`` to ``caution``.
+  or an intensity histogram much farther off than the baseline's, lowers ``good`` to ``caution``;
+  an artefact rate above :data:`ARTEFACT_RATE_LIMIT` lowers it to ``caution`` (``bad`` above
+  :data:`ARTEFACT_RATE_BAD`).
 * **Useful?** (``fidelity.json`` ``utility``) — train-on-synthetic / test-on-real AUROC against
   train-on-real: ``good`` when the ratio's interval reaches 1, ``caution`` when the synthetic-trained
   classifier beats chance but not the real one, ``bad`` when it does not beat chance, ``unknown``
@@ -40,6 +42,12 @@ REALISM_CAUTION_RATIO = 2.0
 
 PRECISION_DROP = 0.5
 """Domain precision below this fraction of the real baseline's lowers realism to ``caution``."""
+
+ARTEFACT_RATE_LIMIT = 0.02
+"""A share of synthetic images with pixel noise beyond real images' 99.5% above this lowers realism:
+``good`` to ``caution``, and to ``bad`` above :data:`ARTEFACT_RATE_BAD`."""
+
+ARTEFACT_RATE_BAD = 0.10
 
 HISTOGRAM_RATIO = 3.0
 """Gray-level histogram distance above this multiple of the real baseline's lowers realism to ``caution``."""
@@ -223,6 +231,25 @@ def _secondary_realism(fidelity: dict, level: str, evidence: list[str], cannot: 
                         f"{pixel['power_spectrum_distance_real_baseline']:.3g} decades.")
         if base > 0 and value > HISTOGRAM_RATIO * base and level == "good":
             level = "caution"
+    return _artefact_realism(fidelity, level, evidence, cannot)
+
+
+def _artefact_realism(fidelity: dict, level: str, evidence: list[str], cannot: list[str]) -> str:
+    """Count broken samples (pixel noise beyond real images'); returns the (possibly lowered) level."""
+    found = fidelity.get("artefacts")
+    if found is None:
+        return level
+    rate, base = found["rate"], found["real_baseline"]
+    evidence.append(f"{found['count']} of {found['n_synthetic']} synthetic images ({rate:.1%}) carry pixel-level noise "
+                    f"beyond {found['quantile']:.1%} of real images (real baseline {base:.1%} of "
+                    f"{found['n_real_baseline']} unseen real images).")
+    if rate > ARTEFACT_RATE_LIMIT:
+        cannot.append(f"that every synthetic image is clean: {rate:.1%} are visibly noisy (speckle); averages such as "
+                      "FD hide them.")
+        order = LEVELS.index
+        floor = "bad" if rate > ARTEFACT_RATE_BAD else "caution"
+        if level in ("good", "caution") and order(floor) > order(level):
+            level = floor
     return level
 
 
@@ -644,6 +671,10 @@ def _key_numbers(fidelity: dict | None, audit: dict | None, privacy: dict | None
     if fidelity and fidelity.get("fd_domain") is not None:
         numbers.append(("FD (domain) synthetic | real baseline",
                         f"{fidelity['fd_domain']:.3g} | {fidelity['fd_domain_real_baseline']:.3g}"))
+    if fidelity and fidelity.get("artefacts"):
+        found = fidelity["artefacts"]
+        numbers.append(("artefact rate synthetic | real baseline",
+                        f"{found['rate']:.1%} ({found['count']} of {found['n_synthetic']}) | {found['real_baseline']:.1%}"))
     if fidelity and fidelity.get("fid") is not None:
         numbers.append(("FID", f"{fidelity['fid']:.3g}"))
     if fidelity and fidelity.get("utility"):
