@@ -123,6 +123,10 @@ def stats_command(
     ),
     delta: float = typer.Option(1e-5, "--delta", help="δ of the ε lower bounds (use the DP run's δ when testing a guarantee)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the random halves (when there is no 'half' column) and bootstraps."),
+    independent_rows: bool = typer.Option(
+        False, "--independent-rows",
+        help="Accept a CSV without patient_id: every row is a different person. Without patient ids, several "
+        "images of one patient make the p-values invalid."),
 ) -> None:
     """Compute the audit statistics of SCORES.csv and write OUT.json."""
     from rich.console import Console
@@ -130,7 +134,7 @@ def stats_command(
     from cxrsynth.audit.runner import results_table
     from cxrsynth.audit.scores import audit_stats
 
-    report = audit_stats(scores, out, direction, delta, seed)
+    report = audit_stats(scores, out, direction, delta, seed, independent_rows)
     console = Console() if Console().is_terminal else Console(width=160)
     console.print(results_table(report))
     console.print(f"[bold]verdict:[/] {report['verdict']}", highlight=False)

@@ -184,6 +184,8 @@ def test_a_dp_run_shows_its_guarantee_and_the_epsilon_curve(tiny_run: Path, tmp_
     assert str(TRAINING_SEED) not in result.html.read_text() and str(TRAINING_SEED) not in result.model_card.read_text()
     assert "un-noised training loss of the member images" in page.text("training")
     assert "not covered by the DP guarantee: the logged throughput" in page.text("summary")
+    assert "not covered by the DP guarantee: the exact member image count" in page.text("summary")
+    assert "the exact member image count" in result.model_card.read_text()
 
     # The tiny run's evaluation, samples and audit (with the audit's newer keys), as if this run had them.
     for folder in ("eval", "samples", "audit"):

@@ -234,28 +234,50 @@ def minimum_detectable_auc(n_members: int, n_nonmembers: int, alpha: float, powe
     return float(high)
 
 
-def minimum_detectable_tpr(n_members: int, n_nonmembers: int, alpha: float, power: float = POWER) -> float | None:
-    """Smallest TPR at zero FPR that :func:`tail_p` detects with ``power`` at level ``alpha``.
+POWER_SIMULATIONS = 4000
+"""Simulated audits behind :func:`minimum_detectable_tpr` (fixed seed: the answer is deterministic)."""
 
-    A leak that puts a fraction τ of members above every non-member (the lowest measurable FPR)
-    gives k ~ Binomial(n_members, τ) members called and none of the non-members; the tail test
-    rejects when ``k ≥ k_min``, the fewest members whose hypergeometric p is ≤ α. The answer is the
-    τ with P(k ≥ k_min) = ``power``, assuming the calibrated threshold separates the same tail.
-    None when even all members called would not be detected.
+
+def minimum_detectable_tpr(n_members: int, n_nonmembers: int, alpha: float, power: float = POWER,
+                           n_calibration_nonmembers: int | None = None) -> float | None:
+    """Smallest TPR at the calibration zero-FPR threshold that :func:`tail_p` detects with ``power``.
+
+    Simulates the audit's own procedure rather than an ideal one: the threshold is the largest of
+    ``n_calibration_nonmembers`` (default ``n_nonmembers``) calibration non-member scores; a
+    fraction τ of members leak (score above every non-member); the other members and the
+    evaluation non-members are exchangeable with the calibration non-members, so each exceeds the
+    threshold with probability 1 − (its quantile) — about one evaluation non-member and one
+    unleaked member pass it, as they do in a real audit. A simulated audit detects when
+    ``tail_p(members above, non-members above) ≤ alpha``. The answer is the τ detected in a
+    ``power`` share of :data:`POWER_SIMULATIONS` audits (common random numbers, fixed seed),
+    assuming the attack's direction is right. None when even τ = 1 is not detected.
 
     Raises:
         CxrsynthError: for empty groups or α, power outside (0, 1).
     """
-    from scipy.stats import binom
+    from scipy.stats import hypergeom
 
     _check_design(n_members, n_nonmembers, alpha, power)
-    k_min = next((k for k in range(1, n_members + 1) if tail_p(k, n_members, 0, n_nonmembers) <= alpha), None)
-    if k_min is None:
+    calibration = n_calibration_nonmembers or n_nonmembers
+    rng = np.random.default_rng(20260101)
+    sims = POWER_SIMULATIONS
+    threshold = rng.random(sims) ** (1.0 / calibration)  # the maximum of the calibration non-members
+    false_positives = rng.binomial(n_nonmembers, 1.0 - threshold)
+    leak_draw = rng.random((sims, n_members))
+    passes = rng.random((sims, n_members)) > threshold[:, None]
+
+    def detected_share(tau: float) -> float:
+        true_positives = ((leak_draw < tau) | passes).sum(axis=1)
+        called = true_positives + false_positives
+        p = hypergeom.sf(true_positives - 1, n_members + n_nonmembers, n_members, called)
+        return float(np.mean((called > 0) & (p <= alpha)))
+
+    if detected_share(1.0) < power:
         return None
     low, high = 0.0, 1.0
-    for _ in range(60):
+    for _ in range(30):
         middle = (low + high) / 2
-        low, high = (middle, high) if binom.sf(k_min - 1, n_members, middle) < power else (low, middle)
+        low, high = (middle, high) if detected_share(middle) < power else (low, middle)
     return float(high)
 
 

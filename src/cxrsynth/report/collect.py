@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrsynth.config import PRIVACY_FILE
+from cxrsynth.report import coverage
 from cxrsynth.errors import CxrsynthError
 
 STAGES: tuple[str, ...] = ("data", "train", "sample", "evaluate", "audit")
@@ -202,6 +203,8 @@ def _load_data(run: Path, override: Path | None, contents: RunContents) -> Stage
     contents.data_summary = summarize_prepared(contents.data)
     splits = contents.data_summary["splits"]
     found = ", ".join(f"{split} {counts['images']} images / {counts['patients']} patients" for split, counts in splits.items())
+    if (run / PRIVACY_FILE).is_file():
+        found += f" (image counts {coverage.NOT_COVERED})"
     return StageStatus("data", True, f"{path}: {found}", command)
 
 

@@ -10,7 +10,9 @@ noise and sampling schedule). It does not cover what is computed from the member
   ``recall_domain`` and the domain-feature plot; the TRTR classifier (trained on the members): the
   TRTR AUROC and the TSTR/TRTR ratio; every fidelity number when the reference split is ``member``;
 * the audit: every number in it compares the model with the member images;
-* real images: they are real patients (the memorization pairs show training images).
+* real images: they are real patients (the memorization pairs show training images);
+* the member split's image count and its findings list (the number of privacy units is treated
+  as public; the number of images per patient and which findings occur are not).
 
 The report labels each of these, right where it is shown, with :data:`NOT_COVERED` (or the fidelity
 table's :data:`MARK`); the training seed of a DP run is never printed (:func:`show_training_seed`).
@@ -33,6 +35,10 @@ TRTR_LABEL = f"TRTR and the ratio are {NOT_COVERED}: the TRTR classifier is trai
 AUDIT_LABEL = (f"The audit's numbers are {NOT_COVERED}: every attack, the memorization test and re-identification "
                "compare the model with the member images themselves.")
 REAL_IMAGES_LABEL = f"real patients, not synthetic: {NOT_COVERED}"
+MEMBER_IMAGES_LABEL = (f"{NOT_COVERED}: the exact member image count (only the number of privacy units is treated "
+                      "as public)")
+FINDINGS_LABEL = f"{NOT_COVERED}: the findings present in the prepared data, member images included"
+
 SEED_HIDDEN = "not shown for a DP run (it stays in the run folder's config.yaml)"
 
 MEMBER_TRAINED_METRICS: tuple[str, ...] = ("FD (domain)", "precision (domain", "recall (domain", "AUROC macro",
@@ -65,6 +71,22 @@ def fidelity_footnote(fidelity: dict) -> str:
                 "from them.")
     return (f"{MARK} {NOT_COVERED}: computed with a classifier trained on the member images (the domain classifier; "
             "the TRTR classifier). The other rows compare the DP model's images with never-trained-on images.")
+
+
+def conditioning_text(config, label_sets: int | None) -> str:
+    """How a run conditions on labels, in words that are true for both vocabulary kinds.
+
+    A DP run (or one given ``--findings``) fixes its label sets from the public schema; the others
+    take them from the member split (:mod:`cxrsynth.model.conditioning`).
+    """
+    if not config.conditional:
+        return "unconditional"
+    sets = f" ({label_sets} sets)" if label_sets is not None else ""
+    if config.dp or config.findings is not None:
+        return (f"label-conditional: one class per set of at most {config.max_label_findings} findings of the public "
+                f"label schema{sets}, fixed before training (no counts), plus a null class for classifier-free guidance")
+    return (f"label-conditional: one class per finding label set seen in the member split{sets} plus a null class "
+            "for classifier-free guidance")
 
 
 def release_advice(dp: bool) -> str:

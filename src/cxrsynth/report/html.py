@@ -221,7 +221,8 @@ def summary_section(contents) -> str:
     if facts is not None:
         images_per_step = facts.global_batch_size
         rows += [("parameters", f"{facts.unet_parameters:,}"), ("label sets", facts.label_sets),
-                 ("members trained on", f"{facts.member_images:,} images of {facts.member_patients:,} patients"),
+                 ("members trained on", f"{facts.member_images:,} images of {facts.member_patients:,} patients"
+                  + (f" — {coverage.MEMBER_IMAGES_LABEL}" if contents.trained_with_dp else "")),
                  ("training time", _duration(training_seconds(contents.train_log, images_per_step))
                   + " (from logged throughput; excludes start-up and checkpoints)"
                   + (f" — {coverage.THROUGHPUT_LABEL}" if contents.trained_with_dp else "")),

@@ -29,9 +29,7 @@ def _model_details(contents, verdict) -> list[str]:
     lines = ["## Model details", ""]
     if config is None:
         return lines + ["The run folder has no readable `config.yaml`: the training settings are unknown.", ""]
-    conditioning = (f"label-conditional: one class per finding label set seen in training ({facts.label_sets} sets) plus "
-                    "a null class for classifier-free guidance" if config.conditional and facts else
-                    "label-conditional" if config.conditional else "unconditional")
+    conditioning = coverage.conditioning_text(config, facts.label_sets if facts else None)
     rows = [
         ("type", "denoising diffusion probabilistic model (DDPM): diffusers `UNet2DModel` + `DDPMScheduler`"),
         ("UNet preset", f"{config.preset}" + (f", {facts.unet_parameters:,} parameters" if facts else "")),
@@ -71,9 +69,12 @@ def _training_data(contents) -> list[str]:
                  f"{summary['size']}×{summary['size']}. Splits are by patient; the model trained only on `member`.")
     lines.append("")
     rows = [(split, counts["images"], counts["patients"]) for split, counts in summary["splits"].items()]
-    lines += [md_table(("split", "images", "patients"), rows), ""]
+    dp = contents.trained_with_dp
+    lines += [md_table(("split", "images" + (f" {coverage.MARK}" if dp else ""), "patients"), rows), ""]
+    if dp:
+        lines += [f"{coverage.MARK} {coverage.MEMBER_IMAGES_LABEL}.", ""]
     if summary.get("label_names"):
-        lines += [f"Findings: {', '.join(summary['label_names'])}.", ""]
+        lines += [f"Findings: {', '.join(summary['label_names'])}" + (f" ({coverage.FINDINGS_LABEL})." if dp else "."), ""]
     return lines
 
 

@@ -485,9 +485,13 @@ def _attack_evidence(audit: dict) -> list[str]:
                         f"of members (chance: 1%).")
     elif summary.get("worst_tpr_at_zero_fpr") is not None:
         zero = summary["worst_tpr_at_zero_fpr"]
+        tail = attacks.get(zero["attack"], {}).get("p_value_tail")
+        significance = ("" if tail is None else
+                        f" (tail test p = {tail:.3g}: " + ("significant" if _rejected(audit, f"{zero['attack']}:tail") else
+                                                           "not significant at this N, so not evidence of a leak") + ")")
         evidence.append(f"TPR at 1% FPR is not measurable with {audit['n_evaluation']['nonmembers']} evaluation "
-                        f"non-members (it needs {TPR_1PCT_MIN_NONMEMBERS}); with no false positive at all the strongest "
-                        f"attack ({zero['attack']}) finds {zero['value']:.0%} of members.")
+                        f"non-members (it needs {TPR_1PCT_MIN_NONMEMBERS}); at the calibration zero-FPR threshold the "
+                        f"strongest attack ({zero['attack']}) finds {zero['value']:.0%} of members{significance}.")
     eps = summary.get("worst_eps_lower_bound")
     if eps is not None:
         meaning = (f"with {EPS_LB_CONFIDENCE} the model's true ε is at least this" if eps["value"] > 0
@@ -648,10 +652,15 @@ def privacy_answer(audit: dict | None, privacy: dict | None, command: str) -> An
     eps_bound = (audit["summary"].get("worst_eps_lower_bound") or {}).get("value") or 0.0
     if epsilon is not None:
         can.insert(0, statement)
-        if eps_bound > epsilon:
+        per_patient = str(privacy.get("unit", "patient")) == "patient"
+        if eps_bound > epsilon and per_patient:
             cannot.insert(0, f"the DP guarantee: the audit's empirical lower bound ({eps_bound:.2f}) exceeds ε = "
                           f"{epsilon:.3g}, impossible if training and accounting are correct; treat it as invalid "
                           "until explained.")
+        elif not per_patient:
+            cannot.append(f"a check of ε by the audit: the audit scores patients, and an {privacy.get('unit')}-level "
+                          f"ε bounds a patient with k {privacy.get('unit')}s only at about k·ε, so its empirical "
+                          f"bound ({eps_bound:.2f}) may exceed ε = {epsilon:.3g} without contradiction.")
     if audit["summary"]["leak_detected"]:
         return Answer("privacy", question, "leak detected", "bad", tuple(evidence), tuple(can), tuple(cannot), tuple(steps))
     if epsilon is not None:
