@@ -132,7 +132,7 @@ class TrainConfig:
     adam_epsilon: float = 1e-8
     weight_decay: float = 0.0
     ema_power: float = 0.75
-    progress_sampler: str = "ddim"
+    progress_sampler: str = "ddpm"
     progress_steps: int = 20
     progress_images: int = 16
     dp: bool = False

@@ -109,7 +109,7 @@ def test_missing_samples_are_generated_with_the_fast_sampler(tmp_path: Path, res
     from cxrsynth.sample import SETTINGS_FILE
 
     settings = json.loads((run / "samples" / SETTINGS_FILE).read_text())
-    assert (settings["sampler"], settings["steps"], settings["labels"]) == ("dpmsolver", 25, "from-data")
+    assert (settings["sampler"], settings["steps"], settings["labels"]) == ("ddpm", 25, "from-data")
     with (run / "samples" / "manifest.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 and all(row["label"] for row in rows)

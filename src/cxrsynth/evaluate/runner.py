@@ -156,7 +156,10 @@ DEFAULT_GENERATED = 1000
 MANIFEST_FILE = "manifest.csv"
 """The sample stage's manifest (columns file, index, seed, sampler, steps, label, guidance)."""
 
-FAST_SAMPLER, FAST_STEPS = "dpmsolver", 25
+FAST_SAMPLER, FAST_STEPS = "ddpm", 25
+"""Sampler of missing samples: stochastic DDPM at 25 steps. Deterministic samplers (DDIM, DPM-Solver)
+left pixel speckle on 10% (DDIM-25) to 97% (DDIM-100) of a briefly trained model's images, DDPM-25
+on none at the same cost (``bench/speckle.py``, ``bench/RESULTS.md``)."""
 """The sampler used when evaluate must generate samples itself."""
 
 INCEPTION_KEYS = {"fid": ("fid",), "kid": ("kid", "kid_std"), "prc": ("precision", "recall")}
