@@ -101,6 +101,7 @@ def main() -> None:
         replace(base, name="ddpm-25 (stochastic)", sampler="ddpm", steps=25),
         replace(base, name="ddpm-50 (stochastic)", sampler="ddpm", steps=50),
         replace(base, name="ddpm-100 (stochastic)", sampler="ddpm", steps=100),
+        replace(base, name="dpmsolver-25 (deterministic, x0 thresholding)", sampler="dpmsolver", steps=25),
     ]
     if args.variants != "all":
         wanted = set(args.variants.split(","))

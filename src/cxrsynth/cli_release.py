@@ -35,8 +35,10 @@ def release_command(
     out: Path = typer.Option(..., "--out", help="Output folder (created; must not exist unless --overwrite)."),
     num_images: int = typer.Option(100, "--num-images", min=1, help="Images to release; every one passes the screen."),
     image_format: str = typer.Option("png", "--format", help="png, or dicom (Secondary Capture marked SYNTHETIC, no patient data)."),
-    sampler: str = typer.Option("dpmsolver", "--sampler", help="ddpm, ddim or dpmsolver (as `cxrsynth sample`)."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Denoising steps (default per sampler: 1000 / 50 / 25)."),
+    sampler: str = typer.Option(
+        "ddpm", "--sampler", help="ddpm (stochastic, the default: no speckle from a briefly trained model), ddim or "
+        "dpmsolver (as `cxrsynth sample`)."),
+    steps: Optional[int] = typer.Option(25, "--steps", min=1, help="Denoising steps."),
     seed: int = typer.Option(
         0, "--seed", min=0,
         help="Seed of the screen (calibration patients, verification network). The candidates' seed is always a fresh "

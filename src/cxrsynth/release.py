@@ -154,8 +154,8 @@ class ReleaseOptions:
 
     num_images: int = 100
     image_format: str = "png"
-    sampler: str = "dpmsolver"
-    steps: int | None = None
+    sampler: str = "ddpm"
+    steps: int | None = 25
     seed: int = 0
     batch_size: int = 16
     label: str | None = None
