@@ -2,7 +2,7 @@
 
 For each recipe, train the same UNet on the same data (seed, batch, preset), and at every
 ``--checkpoints`` step count (resuming, so one trajectory per recipe) sample ``--samples`` images
-with DDIM-25 and measure: domain precision / recall and FD at matched N with their real baselines
+(``--sampler``, 25 steps; DDPM by default, DDIM shows how accurate ε̂ already is) and measure: domain precision / recall and FD at matched N with their real baselines
 (``cxrsynth evaluate --metrics domain,pixel``), and the artefact rate. Recipes:
 
 * ``eps`` — cxrsynth's default: ε-prediction MSE, lr 1e-3, 100 warm-up steps, EMA ≤ 0.995;
@@ -38,8 +38,8 @@ BASE: dict = {"preset": "tiny", "batch_size": 32, "lr": 1e-3, "warmup_steps": 10
               "conditional": False, "progress_every": 0, "log_every": 50}
 
 
-def measure(run: Path, samples: int, classifier_steps: int) -> dict:
-    """Sample with DDIM-25 and evaluate domain and pixel metrics; returns the numbers."""
+def measure(run: Path, samples: int, classifier_steps: int, sampler: str) -> dict:
+    """Sample with ``sampler`` (25 steps) and evaluate domain and pixel metrics; returns the numbers."""
     import shutil
 
     from cxrsynth.evaluate.runner import EvaluateOptions, evaluate_run
@@ -49,7 +49,7 @@ def measure(run: Path, samples: int, classifier_steps: int) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(run / "eval", ignore_errors=True)
     started = time.perf_counter()
-    generate_samples(run, samples, sampler="ddim", steps=25, seed=0, out=folder, progress=False, device="cpu")
+    generate_samples(run, samples, sampler=sampler, steps=25, seed=0, out=folder, progress=False, device="cpu")
     sample_seconds = time.perf_counter() - started
     report = evaluate_run(run, EvaluateOptions(metrics=("domain", "pixel"), classifier_steps=classifier_steps))
     return {"fd": report["fd_domain"], "fd_ci": report["fd_domain_ci"], "fd_real": report["fd_domain_real_baseline"],
@@ -59,7 +59,8 @@ def measure(run: Path, samples: int, classifier_steps: int) -> dict:
             "artefact_rate_real": report["artefact_rate_real_baseline"], "sample_seconds": round(sample_seconds, 1)}
 
 
-def run_recipe(name: str, data: str, out: str, checkpoints: list[int], samples: int, classifier_steps: int) -> list[dict]:
+def run_recipe(name: str, data: str, out: str, checkpoints: list[int], samples: int, classifier_steps: int,
+               sampler: str = "ddpm") -> list[dict]:
     """Train recipe ``name`` up to each checkpoint in turn and measure there."""
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
@@ -76,7 +77,7 @@ def run_recipe(name: str, data: str, out: str, checkpoints: list[int], samples: 
         train(config, run, resume=run.exists())
         trained += time.perf_counter() - started
         rows.append({"recipe": name, "steps": steps, "train_seconds": round(trained, 1),
-                     **measure(run, samples, classifier_steps)})
+                     "sampler": sampler, **measure(run, samples, classifier_steps, sampler)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--classifier-steps", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim", "dpmsolver"))
     args = parser.parse_args()
     if not (args.data / "meta.json").is_file():
         sys.exit(f"{args.data} is not a prepared-data folder: run `make demo` (demo/data) or `cxrsynth data prepare`")
@@ -99,7 +101,8 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(run_recipe, names, [str(args.data.resolve())] * len(names),
                                 [str(args.out)] * len(names), [checkpoints] * len(names),
-                                [args.samples] * len(names), [args.classifier_steps] * len(names)))
+                                [args.samples] * len(names), [args.classifier_steps] * len(names),
+                                [args.sampler] * len(names)))
     rows = [row for recipe in results for row in recipe]
     (args.out / "recipes.json").write_text(json.dumps(rows, indent=1))
     print("| recipe | steps | train s | FD domain [95%] vs real (N) | precision / real | recall / real | artefacts / real |")

@@ -87,7 +87,8 @@ def train_command(
         None, "--prediction-type", help="What the UNet predicts: epsilon (the noise) or v_prediction (the velocity; "
         "saved in the pipeline's scheduler config)." + _default("prediction_type")),
     snr_gamma: Optional[float] = typer.Option(
-        None, "--snr-gamma", help="Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; default: plain MSE."),
+        None, "--snr-gamma", help="Min-SNR-gamma loss weighting (Hang et al. 2023); 0 for the plain MSE."
+        + _default("snr_gamma")),
     ema_decay: Optional[float] = typer.Option(
         None, "--ema-decay", help="Maximum EMA decay, reached after the EMA warm-up 1-(1+step)^-0.75."
         + _default("ema_decay")),

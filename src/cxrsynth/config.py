@@ -69,10 +69,11 @@ class TrainConfig:
         mixed_precision: ``no``, ``bf16`` or ``fp16`` (fp16 needs a GPU).
         log_with: also log to this tracker (``tensorboard``), or None.
         beta_schedule: ``linear`` (β 1e-4 → 0.02) or ``cosine`` (``squaredcos_cap_v2``).
-        prediction_type: what the UNet predicts, ``epsilon`` (ε) or ``v_prediction`` (v); saved
-            in the pipeline's scheduler config, so plain diffusers samples it correctly.
-        snr_gamma: min-SNR-γ loss weighting (Hang et al. 2023; diffusers' training examples use
-            5.0); None for the plain MSE.
+        prediction_type: what the UNet predicts, ``epsilon`` (ε) or ``v_prediction`` (v, the
+            default: measured best per compute in ``bench/recipe.py``); saved in the pipeline's
+            scheduler config, so plain diffusers samples it correctly.
+        snr_gamma: min-SNR-γ loss weighting (Hang et al. 2023; default 5.0, as diffusers' training
+            examples use); 0 or None for the plain MSE.
         ema_decay: maximum EMA decay, reached after the EMA warm-up.
         warmup_steps: linear learning-rate warm-up steps.
         max_grad_norm: gradient clipping norm.
@@ -119,8 +120,8 @@ class TrainConfig:
     mixed_precision: str = "no"
     log_with: str | None = None
     beta_schedule: str = "linear"
-    prediction_type: str = "epsilon"
-    snr_gamma: float | None = None
+    prediction_type: str = "v_prediction"
+    snr_gamma: float | None = 5.0
     ema_decay: float = 0.9999
     warmup_steps: int = 500
     max_grad_norm: float = 1.0
@@ -189,8 +190,8 @@ class TrainConfig:
             _invalid("--beta-schedule", self.beta_schedule, " | ".join(BETA_SCHEDULES))
         if self.prediction_type not in PREDICTION_TYPES:
             _invalid("--prediction-type", self.prediction_type, " | ".join(PREDICTION_TYPES))
-        if self.snr_gamma is not None and not (self.snr_gamma > 0 and math.isfinite(self.snr_gamma)):
-            _invalid("--snr-gamma", self.snr_gamma, "a number > 0 (e.g. 5)")
+        if self.snr_gamma is not None and not (self.snr_gamma >= 0 and math.isfinite(self.snr_gamma)):
+            _invalid("--snr-gamma", self.snr_gamma, "a number >= 0 (e.g. 5; 0 for the plain MSE)")
         if not 0.0 < self.beta_start < self.beta_end < 1.0:
             _invalid("beta_start/beta_end", (self.beta_start, self.beta_end), "0 < beta_start < beta_end < 1")
         self._validate_privacy()

@@ -110,7 +110,7 @@ def test_min_snr_weights_match_hang_et_al() -> None:
         snr = alpha_bar / (1 - alpha_bar)
         expected = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / denominator(snr)
         assert torch.allclose(loss_weights(scheduler, t, 5.0).double(), expected, rtol=1e-5)
-        assert loss_weights(scheduler, t, None) is None
+        assert loss_weights(scheduler, t, None) is None and loss_weights(scheduler, t, 0.0) is None
     assert loss_weights(DDPMScheduler(), torch.tensor([999]), 5.0).item() == pytest.approx(1.0)
     assert loss_weights(DDPMScheduler(), torch.tensor([0]), 5.0).item() < 0.01
 

@@ -61,8 +61,8 @@ def epsilon_from_output(scheduler: DDPMScheduler, output: torch.Tensor, noisy: t
 
 
 def loss_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, snr_gamma: float | None) -> torch.Tensor | None:
-    """Per-example min-SNR-γ weights (float32, like ``timesteps``), or None without ``snr_gamma``."""
-    if snr_gamma is None:
+    """Per-example min-SNR-γ weights (float32, like ``timesteps``), or None without ``snr_gamma`` (None or 0)."""
+    if not snr_gamma:
         return None
     snr = compute_snr(scheduler, timesteps).float()
     clipped = torch.clamp(snr, max=float(snr_gamma))
