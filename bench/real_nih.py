@@ -47,7 +47,7 @@ def run_plan(source: Path, out: Path, size: int, preset: str, steps: int, sample
                                  str(steps), "--batch-size", str(batch), "--lr", "1e-3", "--warmup-steps", "100",
                                  "--ema-decay", "0.995", "--conditional", "--progress-every", "0",
                                  "--checkpoint-every", str(max(steps // 2, 1)), *(["--resume"] if run.exists() else []))
-    seconds["sample"] = _cxrsynth("sample", "--run", str(run), "--num-images", str(samples), "--sampler", "ddim",
+    seconds["sample"] = _cxrsynth("sample", "--run", str(run), "--num-images", str(samples), "--sampler", "ddpm",
                                   "--steps", "25", "--out", str(run / "samples"))
     seconds["evaluate"] = _cxrsynth("evaluate", "--run", str(run), "--metrics", "domain,utility,diversity,pixel")
     seconds["audit"] = _cxrsynth("audit", "--run", str(run))
