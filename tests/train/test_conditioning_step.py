@@ -47,8 +47,8 @@ def test_per_example_loss_is_one_value_per_image_and_averages_to_the_batch_loss(
     unet = build_unet(get_preset("tiny"), 16)
     clean = torch.rand(3, 1, 16, 16) * 2 - 1
     noise, timesteps = draw_diffusion_noise(clean, 1000, torch.Generator().manual_seed(2))
-    scheduler = build_noise_scheduler(TrainConfig(data="", max_steps=1))
-    per_example = per_example_denoising_loss(unet, scheduler, clean, noise, timesteps)
+    scheduler = build_noise_scheduler(TrainConfig(data="", max_steps=1, prediction_type="epsilon"))
+    per_example = per_example_denoising_loss(unet, scheduler, clean, noise, timesteps)  # snr_gamma None: plain MSE
     prediction = unet(scheduler.add_noise(clean, noise, timesteps), timesteps).sample
     assert torch.allclose(per_example.mean(), torch.nn.functional.mse_loss(prediction, noise))
     one = per_example_denoising_loss(unet, scheduler, clean[1:2], noise[1:2], timesteps[1:2])
