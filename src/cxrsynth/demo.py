@@ -103,10 +103,11 @@ DEFAULT_PLAN = DemoPlan(
     reid_steps=300,
     holdout_fraction=0.45,
 )
-"""Aimed at about 15 minutes on 2 CPU cores. Measured 2026-11-27: with 1,200 steps and DPM-Solver-20, 18.8 min
-(training 974 s at ≈40 img/s) and half the samples broken; with these settings 16.6 min (train 808 s, of which
-about a minute slowed by another job; sample 107 s, evaluate 12 s, audit 47 s), FD 3.9 (26.1 before), utility
-ratio 0.91. DDIM-25 because this short-trained model gave saturated or speckled images with DPM-Solver."""
+"""Aimed at about 15 minutes on 2 CPU cores. Measured 2026-12-03 (one torch thread, another job beside it):
+13.0 min. DDPM-25 sampling: 0 of 256 images speckled (DDIM-25 had 10%). The holdout is 45% of the non-test
+patients, so the audit evaluates 108 vs 108 patients and its minimum detectable AUC is 0.64.
+Domain FD 2.37 (real baseline 0.68), precision 0.61 against 0.85, recall 0.79 against 0.91, utility ratio 0.85.
+Realism stays "not yet" at this compute; bench/RESULTS.md has the measured frontier."""
 
 QUICK_PLAN = DemoPlan(
     patients=60,
