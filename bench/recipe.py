@@ -5,8 +5,8 @@ For each recipe, train the same UNet on the same data (seed, batch, preset), and
 (``--sampler``, 25 steps; DDPM by default, DDIM shows how accurate ε̂ already is) and measure: domain precision / recall and FD at matched N with their real baselines
 (``cxrsynth evaluate --metrics domain,pixel``), and the artefact rate. Recipes:
 
-* ``eps`` — cxrsynth's default: ε-prediction MSE, lr 1e-3, 100 warm-up steps, EMA ≤ 0.995;
-* ``eps-minsnr5`` — the same, min-SNR-γ weighting with γ = 5;
+* ``eps`` — ε-prediction MSE, lr 1e-3, 100 warm-up steps, EMA ≤ 0.995 (the default until 2026-12-03);
+* ``eps-minsnr5`` — the same, min-SNR-γ weighting with γ = 5 (the default now);
 * ``v`` — v-prediction;
 * ``v-minsnr5`` — v-prediction with min-SNR-5;
 * ``diffusers`` — the diffusers ``train_unconditional.py`` example's recipe on our UNet: ε-prediction,
@@ -28,12 +28,14 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 RECIPES: dict[str, dict] = {
-    "eps": {},
-    "eps-minsnr5": {"snr_gamma": 5.0},
-    "v": {"prediction_type": "v_prediction"},
+    "eps": {"prediction_type": "epsilon", "snr_gamma": 0.0},
+    "eps-minsnr5": {"prediction_type": "epsilon", "snr_gamma": 5.0},
+    "v": {"prediction_type": "v_prediction", "snr_gamma": 0.0},
     "v-minsnr5": {"prediction_type": "v_prediction", "snr_gamma": 5.0},
-    "diffusers": {"lr": 1e-4, "warmup_steps": 500, "weight_decay": 1e-6, "ema_decay": 0.9999},
+    "diffusers": {"prediction_type": "epsilon", "snr_gamma": 0.0, "lr": 1e-4, "warmup_steps": 500,
+                  "weight_decay": 1e-6, "ema_decay": 0.9999},
 }
+"""Every recipe names its prediction type and weighting, so the table does not move with the defaults."""
 BASE: dict = {"preset": "tiny", "batch_size": 32, "lr": 1e-3, "warmup_steps": 100, "ema_decay": 0.995, "seed": 0,
               "conditional": False, "progress_every": 0, "log_every": 50}
 
