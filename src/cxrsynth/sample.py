@@ -251,7 +251,7 @@ def plan_labels(
     if label_mix is None:
         label_mix = LABEL_MIX_FROM_DATA if vocabulary.counts is not None else LABEL_MIX_UNIFORM
     if fixed is None and label_mix == LABEL_MIX_FROM_DATA:
-        vocabulary.sample_from_data(1, np.random.default_rng(0))  # refuses a vocabulary without counts
+        vocabulary.require_counts()
     return LabelPlan(vocabulary, fixed, seed, label_mix)
 
 

@@ -164,8 +164,8 @@ class LabelVocabulary:
         """Label-set strings for class ids (the null class decodes to ``""``)."""
         return ["" if int(i) == self.null_class else self.label_sets[int(i)] for i in class_ids]
 
-    def sample_from_data(self, count: int, rng: np.random.Generator) -> torch.Tensor:
-        """Draw ``count`` class ids with the training frequencies (``--label-mix from-data``).
+    def require_counts(self) -> tuple[int, ...]:
+        """The training counts (for ``--label-mix from-data``).
 
         Raises:
             CxrsynthError: for a schema vocabulary, which has no training frequencies.
@@ -177,7 +177,15 @@ class LabelVocabulary:
                 "would fall outside the (ε, δ) guarantee",
                 "use --label-mix uniform, or --label SET for one label set",
             )
-        weights = np.asarray(self.counts, dtype=np.float64)
+        return self.counts
+
+    def sample_from_data(self, count: int, rng: np.random.Generator) -> torch.Tensor:
+        """Draw ``count`` class ids with the training frequencies (``--label-mix from-data``).
+
+        Raises:
+            CxrsynthError: for a schema vocabulary, which has no training frequencies.
+        """
+        weights = np.asarray(self.require_counts(), dtype=np.float64)
         return torch.from_numpy(rng.choice(len(self.label_sets), size=count, p=weights / weights.sum())).long()
 
     def sample_uniform(self, count: int, rng: np.random.Generator) -> torch.Tensor:
