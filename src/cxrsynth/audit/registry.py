@@ -13,7 +13,7 @@ membership it is given (:attr:`AttackContext.calibration_rows` / ``calibration_i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -26,6 +26,13 @@ ACCESS_LEVELS: tuple[str, ...] = ("white-box", "black-box", "none")
 """``white-box``: the model's weights; ``black-box``: released synthetic images only; ``none``: neither."""
 
 NEEDS_MODEL, NEEDS_SAMPLES, NEEDS_FEATURES = "model", "samples", "features"
+NEEDS_REFERENCE = "reference"
+"""Reference models trained on random halves of the member+holdout pool (``--reference-models K``)."""
+
+DEFAULT_TIMESTEP = 200
+"""t of the attacks that do not select one, and of the others when ``--timestep`` fixes it."""
+TIMESTEP_CANDIDATES: tuple[int, ...] = (10, 20, 50, 100, 150, 200, 300)
+"""Candidates of the automatic timestep selection (PIA's official sweep spans t = 10…300)."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,9 @@ class AttackSettings:
     """Settings shared by the attacks (``cxrsynth audit`` options).
 
     Attributes:
-        timestep: diffusion timestep t of the loss, recon and PIA attacks.
+        timestep: diffusion timestep t of the loss, recon, PIA and SimA attacks; None: the attacks
+            that select t choose it on the calibration half among :data:`TIMESTEP_CANDIDATES`
+            (recon, which does not, uses :data:`DEFAULT_TIMESTEP`).
         noise_draws: noise draws K averaged by the loss and recon attacks.
         secmi_timestep: t_sec of SecMI (Duan et al. use 100).
         secmi_interval: DDIM step k of SecMI's inversion (Duan et al. use 10).
@@ -41,7 +50,7 @@ class AttackSettings:
         seed: seed of every noise draw and fitted model.
     """
 
-    timestep: int = 200
+    timestep: int | None = None
     noise_draws: int = 8
     secmi_timestep: int = 100
     secmi_interval: int = 10
@@ -54,7 +63,7 @@ class AttackSettings:
         Raises:
             CxrsynthError: naming the first setting out of range.
         """
-        if not 1 <= self.timestep < num_train_timesteps:
+        if self.timestep is not None and not 1 <= self.timestep < num_train_timesteps:
             raise CxrsynthError(f"--timestep {self.timestep} is out of range", f"use 1..{num_train_timesteps - 1}")
         if self.noise_draws < 1:
             raise CxrsynthError(f"--noise-draws must be >= 1, got {self.noise_draws}")
@@ -67,6 +76,11 @@ class AttackSettings:
                 f"SecMI needs k < t_sec < {num_train_timesteps} with t_sec divisible by k, got "
                 f"t_sec={self.secmi_timestep}, k={self.secmi_interval}"
             )
+
+    @property
+    def fixed_timestep(self) -> int:
+        """``timestep``, or :data:`DEFAULT_TIMESTEP` when it is left to selection."""
+        return DEFAULT_TIMESTEP if self.timestep is None else int(self.timestep)
 
 
 @dataclass
@@ -82,6 +96,10 @@ class AttackContext:
         synthetic: released synthetic images, uint8 M×S×S, or None when there are none.
         features: a function from uint8 images to feature rows (the domain classifier's
             penultimate features), or None when unavailable.
+        patients: patient id of each audited image (several images of one patient may be audited).
+        reference: reference models for LiRA/RMIA (:mod:`cxrsynth.audit.reference`), or None.
+        choices: what an attack chose on the calibration half (e.g. ``{"timestep": 50, ...}``),
+            keyed by attack name; the runner records it as ``attacks.<name>.selected``.
     """
 
     images: np.ndarray
@@ -91,6 +109,9 @@ class AttackContext:
     model: "WhiteBoxModel | None" = None
     synthetic: np.ndarray | None = None
     features: Callable[[np.ndarray], np.ndarray] | None = None
+    patients: np.ndarray | None = None
+    reference: Any = None
+    choices: dict[str, dict] = field(default_factory=dict)
 
 
 ScoreFunction = Callable[[AttackContext], np.ndarray]
@@ -106,7 +127,8 @@ class AttackSpec:
         member_if: published direction: ``lower`` or ``higher`` scores mean "member".
         description: one line for audit.json and ``--help``.
         nfe_per_image: UNet forward passes per audited image the attack makes, given the settings.
-        needs: what must be available (:data:`NEEDS_MODEL`, :data:`NEEDS_SAMPLES`, :data:`NEEDS_FEATURES`).
+        needs: what must be available (:data:`NEEDS_MODEL`, :data:`NEEDS_SAMPLES`, :data:`NEEDS_FEATURES`,
+            :data:`NEEDS_REFERENCE`).
         score: the scoring function.
     """
 

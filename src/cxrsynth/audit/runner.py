@@ -151,6 +151,7 @@ from cxrsynth.audit.summary import power_report, summarise, write_verdict
 from cxrsynth.audit.registry import (
     NEEDS_FEATURES,
     NEEDS_MODEL,
+    NEEDS_REFERENCE,
     NEEDS_SAMPLES,
     AttackContext,
     AttackSettings,
@@ -186,7 +187,7 @@ class AuditOptions:
         num_members: audited members (and as many holdout non-members); None: min(1000, available).
         seed: seed of every random choice.
         samples: synthetic images for the black-box attacks and memorization (default ``RUN/samples``).
-        timestep: t of the loss, recon and PIA attacks.
+        timestep: t of the loss, recon, PIA and SimA attacks; None: chosen on the calibration half where an attack can.
         noise_draws: noise draws of the loss and recon attacks.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         batch_size: images per UNet forward pass.
@@ -200,7 +201,7 @@ class AuditOptions:
     num_members: int | None = None
     seed: int = 0
     samples: Path | None = None
-    timestep: int = 200
+    timestep: int | None = None
     noise_draws: int = 8
     device: str = "auto"
     batch_size: int = 64
@@ -383,7 +384,7 @@ def conditioning_labels(model, data: PreparedData, rows: np.ndarray):
 
 
 def _missing_need(spec: AttackSpec, reasons: dict[str, str | None]) -> str | None:
-    for need in (NEEDS_MODEL, NEEDS_SAMPLES, NEEDS_FEATURES):
+    for need in (NEEDS_MODEL, NEEDS_SAMPLES, NEEDS_FEATURES, NEEDS_REFERENCE):
         if need in spec.needs and reasons.get(need):
             return reasons[need]
     return None
@@ -512,6 +513,7 @@ def score_attacks(specs: list[AttackSpec], context: AttackContext, audited: Audi
         result = {"access": spec.access, "description": spec.description}
         result.update(metrics.attack_metrics(scores, audited.is_member, audited.is_calibration, spec.member_if,
                                              delta=delta, seed=seed))
+        result["selected"] = context.choices.get(spec.name)
         result.update({"nfe_per_image": nfe, "seconds": elapsed,
                        "seconds_per_1000_images": elapsed / len(context.images) * 1000})
         log(f"{spec.name}: AUC {result['auc']:.3f}, ε_lb {result['eps_lower_bound']:.2f} ({elapsed:.1f} s, {nfe:g} NFE/image)")
@@ -603,7 +605,7 @@ def audit_run(run_dir: str | Path, options: AuditOptions | None = None, log: Log
         model, conditioning = load_white_box_model(run_dir, data, audited, settings, device)
         seconds["model_load"] = time.perf_counter() - clock
 
-    reasons: dict[str, str | None] = {}
+    reasons: dict[str, str | None] = {NEEDS_REFERENCE: "no reference models: give --reference-models K to train them"}
     samples_folder = options.samples if options.samples is not None else run_dir / "samples"
     synthetic, reasons[NEEDS_SAMPLES] = load_synthetic(samples_folder, data.size, warnings)
     features, classifier_report = None, None
@@ -620,7 +622,7 @@ def audit_run(run_dir: str | Path, options: AuditOptions | None = None, log: Log
     context = AttackContext(
         images=images, calibration_rows=calibration_rows, calibration_is_member=audited.is_member[calibration_rows],
         settings=settings, model=model, synthetic=synthetic.images if synthetic is not None else None,
-        features=features,
+        features=features, patients=data.index["patient_id"].to_numpy()[audited.rows],
     )
     attacks = score_attacks(specs, context, audited, reasons, delta, options.seed, log)
 

@@ -28,6 +28,6 @@ def loss_scores(context: AttackContext) -> np.ndarray:
     for rows, clean in model.batches(context.images, settings.batch_size):
         for draw in range(settings.noise_draws):
             noise = model.noise(rows, tuple(clean.shape[1:]), NOISE_STREAM, draw)
-            prediction = model.predict_noise(model.add_noise(clean, noise, settings.timestep), settings.timestep, rows)
+            prediction = model.predict_noise(model.add_noise(clean, noise, settings.fixed_timestep), settings.fixed_timestep, rows)
             scores[rows] += per_image_mean((prediction - noise) ** 2)
     return scores / settings.noise_draws

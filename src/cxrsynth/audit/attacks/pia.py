@@ -33,7 +33,7 @@ def _proximal_scores(context: AttackContext, normalise: bool) -> np.ndarray:
         if normalise:
             scale = initial.abs().flatten(1).mean(dim=1).clamp_min(torch.finfo(initial.dtype).tiny)
             initial = initial / scale.view(-1, 1, 1, 1) * HALF_NORMAL_MEAN
-        prediction = model.predict_noise(model.add_noise(clean, initial, settings.timestep), settings.timestep, rows)
+        prediction = model.predict_noise(model.add_noise(clean, initial, settings.fixed_timestep), settings.fixed_timestep, rows)
         scores[rows] = per_image_mean((initial - prediction).abs() ** 4)
     return scores
 

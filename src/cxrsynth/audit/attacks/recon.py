@@ -31,8 +31,8 @@ def reconstruction_scores(context: AttackContext) -> np.ndarray:
     for rows, clean in model.batches(context.images, settings.batch_size):
         for draw in range(settings.noise_draws):
             noise = model.noise(rows, tuple(clean.shape[1:]), NOISE_STREAM, draw)
-            noisy = model.add_noise(clean, noise, settings.timestep)
-            estimate = model.predict_clean(noisy, model.predict_noise(noisy, settings.timestep, rows), settings.timestep)
+            noisy = model.add_noise(clean, noise, settings.fixed_timestep)
+            estimate = model.predict_clean(noisy, model.predict_noise(noisy, settings.fixed_timestep, rows), settings.fixed_timestep)
             if clip is not None:
                 estimate = estimate.clamp(-clip, clip)
             scores[rows] += per_image_mean((estimate - clean) ** 2)
