@@ -13,7 +13,8 @@ import typer
 
 ATTACKS_HELP = (
     "Comma-separated attacks (default: every one that applies). White-box (need the model): loss (ε-prediction "
-    "MSE at --timestep over --noise-draws draws), recon (one-step x̂₀ reconstruction error, the seed's attack), "
+    "MSE at --timestep over --noise-draws draws), sima (score norm on the clean image), gsa (gradient norms of the loss, "
+    "an attack classifier fitted on calibration), lira and rmia (need --reference-models), recon (one-step x̂₀ reconstruction error, the seed's attack), "
     "secmi (t-error after DDIM inversion, Duan et al. 2023), pia and pian (proximal initialisation, Kong et al. "
     "2024). Black-box (need synthetic images): nn (pixel distance to the nearest synthetic image), nn_domain "
     "(domain-feature distance). No access: blind (image statistics only; a validity check that should stay near "
@@ -41,7 +42,26 @@ def audit_command(
         help="Synthetic images for the black-box attacks, memorization and re-identification (default RUN/samples). "
         "Without any, those parts are skipped with the reason.",
     ),
-    timestep: int = typer.Option(200, "--timestep", min=1, help="Diffusion timestep t of the loss, recon, pia and pian attacks."),
+    timestep: Optional[int] = typer.Option(
+        None, "--timestep", min=1,
+        help="Diffusion timestep t of the loss, recon, pia, pian and sima attacks. Default: loss, pia, pian and sima "
+        "choose t on the calibration half (a sweep over 10..300, recorded in audit.json attacks.NAME.selected); recon uses 200."),
+    secmi_timestep: int = typer.Option(100, "--secmi-timestep", min=2, help="SecMI's t_sec (Duan et al. use 100)."),
+    secmi_interval: int = typer.Option(10, "--secmi-interval", min=1,
+                                       help="SecMI's DDIM step k (Duan et al. use 10); t_sec must be a multiple of k."),
+    unit: Optional[str] = typer.Option(
+        None, "--unit",
+        help="image: one image per audited patient. patient: also score every image of each audited patient (up to "
+        "--max-images-per-patient) and judge the patient on them (mean, min or max, chosen on calibration); image- and "
+        "patient-level results are reported side by side. Default: patient when the data has real patient ids."),
+    max_images_per_patient: int = typer.Option(8, "--max-images-per-patient", min=1,
+                                               help="Images scored per audited patient with --unit patient."),
+    reference_models: int = typer.Option(
+        0, "--reference-models", min=0,
+        help="Train K reference models (the run's preset and recipe) on random patient halves of the member+holdout "
+        "pool for the lira and rmia attacks; cached in RUN/audit/reference/ and reused by later audits. 0: skip them."),
+    reference_steps: Optional[int] = typer.Option(None, "--reference-steps", min=1,
+                                                  help="Training steps of each reference model (default: the run's own)."),
     noise_draws: int = typer.Option(8, "--noise-draws", min=1, help="Noise draws averaged by the loss and recon attacks (NFE per image)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per UNet forward pass."),
@@ -81,6 +101,12 @@ def audit_command(
         classifier_steps=classifier_steps,
         reid_steps=reid_steps,
         progress=True,
+        secmi_timestep=secmi_timestep,
+        secmi_interval=secmi_interval,
+        unit=unit,
+        max_images_per_patient=max_images_per_patient,
+        reference_models=reference_models,
+        reference_steps=reference_steps,
     )
     errors = Console(stderr=True)
     report = audit_run(run, options, log=lambda line: errors.print(f"[dim]audit:[/] {line}", highlight=False))

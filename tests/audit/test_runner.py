@@ -104,12 +104,12 @@ def test_audit_without_samples_writes_every_file_and_skips_black_box_attacks(tmp
     assert report["n_evaluation"] == {"members": 4, "nonmembers": 4}
     for name in WHITE_BOX:
         result = report["attacks"][name]
-        assert result["nfe_per_image"] == {"loss": 1, "recon": 1, "secmi": 12, "pia": 2, "pian": 2}[name]
+        assert result["nfe_per_image"] == {"loss": 1, "recon": 1, "secmi": 11, "pia": 2, "pian": 2}[name]
         assert result["tpr_at_1pct_fpr"] is None and result["notes"]
     assert isinstance(report["verdict"], str) and "Blind check" in report["verdict"]
     with (run / "audit" / "scores.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 16 and list(rows[0]) == ["image_id", "patient_id", "split", "member", "half", *WHITE_BOX, "blind"]
+    assert len(rows) == 16 and list(rows[0]) == ["image_id", "patient_id", "split", "member", "half", "image_level", *WHITE_BOX, "blind"]
     assert {row["split"] for row in rows} == {"member", "holdout"}
     assert all(row["member"] == ("1" if row["split"] == "member" else "0") for row in rows)
     assert (run / "audit" / "roc.png").read_bytes()[:4] == b"\x89PNG"

@@ -140,13 +140,14 @@ import csv
 import io
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from cxrsynth.audit import metrics
+from cxrsynth.audit.patients import DEFAULT_MAX_IMAGES_PER_PATIENT, UNITS, ScoredImages, patient_images, patient_metrics
 from cxrsynth.audit.summary import power_report, summarise, write_verdict
 from cxrsynth.audit.registry import (
     NEEDS_FEATURES,
@@ -195,6 +196,14 @@ class AuditOptions:
         classifier_steps: training steps of the domain classifier (features of ``nn_domain``).
         reid_steps: training steps of the patient-verification network.
         progress: show progress bars.
+        secmi_timestep: t_sec of SecMI.
+        secmi_interval: DDIM step k of SecMI.
+        unit: ``image`` (one image per patient) or ``patient`` (also every image of each audited
+            patient, up to ``max_images_per_patient``, aggregated per patient); None: ``patient``
+            when the data has real patient ids, else ``image``.
+        max_images_per_patient: cap of the patient-level images per patient.
+        reference_models: K reference models for LiRA/RMIA (0: none, those attacks are skipped).
+        reference_steps: training steps of each reference model (None: the run's own).
     """
 
     attacks: tuple[str, ...] | None = None
@@ -209,6 +218,12 @@ class AuditOptions:
     classifier_steps: int = 400
     reid_steps: int = 300
     progress: bool = False
+    secmi_timestep: int = 100
+    secmi_interval: int = 10
+    unit: str | None = None
+    max_images_per_patient: int = DEFAULT_MAX_IMAGES_PER_PATIENT
+    reference_models: int = 0
+    reference_steps: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,22 +443,26 @@ def roc_curve_of(name: str, result: dict, scores: np.ndarray, audited: AuditedSe
 # ---------------------------------------------------------------------------------------------
 
 
-def scores_csv(data: PreparedData, audited: AuditedSet, scores: dict[str, np.ndarray]) -> str:
-    """Text of ``scores.csv``: image_id, patient_id, split, member, half, then one column per attack.
+def scores_csv(data: PreparedData, audited: AuditedSet, scored: ScoredImages, scores: dict[str, np.ndarray]) -> str:
+    """Text of ``scores.csv``: image_id, patient_id, split, member, half, image_level, then one column per attack.
 
-    The file is the input format of ``cxrsynth audit stats`` (:mod:`cxrsynth.audit.scores`).
+    One row per scored image; ``image_level`` is 1 for the one image per patient of the image-level
+    results. The file is the input format of ``cxrsynth audit stats`` (:mod:`cxrsynth.audit.scores`),
+    which averages the rows of a patient.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image_id", "patient_id", "split", "member", "half", *scores])
-    selected = data.index.iloc[audited.rows]
+    writer.writerow(["image_id", "patient_id", "split", "member", "half", "image_level", *scores])
+    selected = data.index.iloc[scored.rows]
     for i, (image_id, patient_id) in enumerate(zip(selected["image_id"].tolist(), selected["patient_id"].tolist())):
+        owner = scored.owner[i]
         writer.writerow([
             image_id,
             patient_id,
-            "member" if audited.is_member[i] else "holdout",
-            int(audited.is_member[i]),
-            "calibration" if audited.is_calibration[i] else "evaluation",
+            "member" if audited.is_member[owner] else "holdout",
+            int(audited.is_member[owner]),
+            "calibration" if audited.is_calibration[owner] else "evaluation",
+            int(i < scored.n_patients),
             *(repr(float(values[i])) for values in scores.values()),
         ])
     return buffer.getvalue()
@@ -455,8 +474,9 @@ def _selected_specs(options: AuditOptions) -> list[AttackSpec]:
     return [get_attack(name) for name in options.attacks]
 
 
-def load_white_box_model(run_dir: Path, data: PreparedData, audited: AuditedSet, settings: AttackSettings, device):
-    """The run's UNet as white-box attacks see it, and the conditioning used (see :func:`conditioning_labels`).
+def load_white_box_model(run_dir: Path, data: PreparedData, rows: np.ndarray, settings: AttackSettings, device):
+    """The run's UNet as white-box attacks see it for the image ``rows``, and the conditioning used
+    (see :func:`conditioning_labels`).
 
     Raises:
         CxrsynthError: for a missing or unsafe model, or settings outside its timestep range.
@@ -466,7 +486,7 @@ def load_white_box_model(run_dir: Path, data: PreparedData, audited: AuditedSet,
 
     sampling_model = load_sampling_model(run_dir, device)
     settings.validate(int(sampling_model.scheduler.config.num_train_timesteps))
-    labels, conditioning = conditioning_labels(sampling_model, data, audited.rows)
+    labels, conditioning = conditioning_labels(sampling_model, data, rows)
     return WhiteBoxModel(sampling_model.unet, sampling_model.scheduler, labels, seed=settings.seed), conditioning
 
 
@@ -491,18 +511,34 @@ def domain_features(run_dir: Path, data: PreparedData, options: AuditOptions, de
 
 @dataclass
 class AttackResults:
-    """What the attacks produced: audit.json entries, raw scores and ROC curves (registry order)."""
+    """What the attacks produced (registry order).
+
+    Attributes:
+        results: image-level audit.json entries (``attacks``).
+        skipped: attack name → why it did not run.
+        scores: raw scores of every scored image (image-level images first).
+        curves: image-level ROC curves.
+        patient_results: patient-level entries (``patient_attacks``), empty for ``--unit image``.
+    """
 
     results: dict
     skipped: dict
     scores: dict
     curves: list
+    patient_results: dict = field(default_factory=dict)
 
 
 def score_attacks(specs: list[AttackSpec], context: AttackContext, audited: AuditedSet, reasons: dict[str, str | None],
-                  delta: float, seed: int, log: Log) -> AttackResults:
-    """Run every attack whose needs are met and compute its metrics; record why the others were skipped."""
+                  delta: float, seed: int, log: Log, scored: ScoredImages | None = None) -> AttackResults:
+    """Run every attack whose needs are met and compute its metrics; record why the others were skipped.
+
+    ``context.images`` are the ``scored`` images (the audited set's one image per patient when None);
+    image-level metrics use the first ``len(audited.rows)`` of them; with more than one image per
+    patient, patient-level metrics (:func:`cxrsynth.audit.patients.patient_metrics`) are added.
+    """
     output = AttackResults({}, {}, {}, [])
+    n = len(audited.rows)
+    with_patients = scored is not None and len(scored.rows) > n
     for spec in specs:
         missing = _missing_need(spec, reasons)
         if missing:
@@ -511,7 +547,7 @@ def score_attacks(specs: list[AttackSpec], context: AttackContext, audited: Audi
             continue
         scores, nfe, elapsed = run_attack(spec, context)
         result = {"access": spec.access, "description": spec.description}
-        result.update(metrics.attack_metrics(scores, audited.is_member, audited.is_calibration, spec.member_if,
+        result.update(metrics.attack_metrics(scores[:n], audited.is_member, audited.is_calibration, spec.member_if,
                                              delta=delta, seed=seed))
         result["selected"] = context.choices.get(spec.name)
         result.update({"nfe_per_image": nfe, "seconds": elapsed,
@@ -519,7 +555,12 @@ def score_attacks(specs: list[AttackSpec], context: AttackContext, audited: Audi
         log(f"{spec.name}: AUC {result['auc']:.3f}, ε_lb {result['eps_lower_bound']:.2f} ({elapsed:.1f} s, {nfe:g} NFE/image)")
         output.results[spec.name] = result
         output.scores[spec.name] = scores
-        output.curves.append(roc_curve_of(spec.name, result, scores, audited))
+        output.curves.append(roc_curve_of(spec.name, result, scores[:n], audited))
+        if with_patients:
+            patient_result, _ = patient_metrics(scores, scored, audited.is_member, audited.is_calibration,
+                                                spec.member_if, delta, seed)
+            output.patient_results[spec.name] = {"access": spec.access, **patient_result}
+            log(f"{spec.name} (patients, {patient_result['aggregation']}): AUC {patient_result['auc']:.3f}")
     return output
 
 
@@ -545,6 +586,59 @@ def _half_counts(audited: AuditedSet) -> dict[str, dict[str, int]]:
         counts[half] = {"members": int((audited.is_member & mask).sum()),
                         "nonmembers": int((~audited.is_member & mask).sum())}
     return counts
+
+
+KEPT_ACROSS_AUDITS: tuple[str, ...] = ("reference", "canaries.json", "canaries")
+"""Entries of ``RUN/audit/`` that a new audit keeps: cached reference models and the one-run canary audit."""
+
+
+def keep_audit_state(previous: Path, new: Path) -> None:
+    """Carry :data:`KEPT_ACROSS_AUDITS` from the previous audit folder into the new one.
+
+    Files are hard-linked where the file system allows (no copy, and nothing is lost if the new
+    folder is discarded: the previous one is removed only after the new one is in place).
+    """
+    import os
+    import shutil
+
+    def link_or_copy(source: str, target: str) -> None:
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+
+    for name in KEPT_ACROSS_AUDITS:
+        source = previous / name
+        if source.is_dir():
+            shutil.copytree(source, new / name, copy_function=link_or_copy)
+        elif source.is_file():
+            link_or_copy(str(source), str(new / name))
+
+
+def resolve_unit(unit: str | None, data: PreparedData) -> str:
+    """``--unit``: as given, or ``patient`` when the data's patient ids are real, else ``image``.
+
+    Raises:
+        CxrsynthError: for an unknown unit.
+    """
+    if unit is None:
+        return "patient" if patient_id_status(data)["real"] else "image"
+    if unit not in UNITS:
+        raise CxrsynthError(f"unknown --unit {unit!r}", f"use one of: {', '.join(UNITS)}")
+    return unit
+
+
+def reference_models_for(run_dir: Path, data: PreparedData, options: AuditOptions, device, log: Log):
+    """Reference models for LiRA/RMIA, trained or reused from ``RUN/audit/reference/``.
+
+    Returns:
+        ``(ReferenceModels, audit.json reference_models object)``.
+    """
+    from cxrsynth.audit.reference import prepare_reference_models
+
+    reference = prepare_reference_models(run_dir, data, options.reference_models, options.reference_steps,
+                                         options.seed, device, log)
+    return reference, reference.report()
 
 
 def write_outputs(folder: Path, report: dict, scores_text: str, curves: list, memorization_result) -> None:
@@ -594,18 +688,29 @@ def audit_run(run_dir: str | Path, options: AuditOptions | None = None, log: Log
     delta, delta_source = read_delta(run_dir)
     device = resolve_device(options.device)
     settings = AttackSettings(timestep=options.timestep, noise_draws=options.noise_draws,
+                              secmi_timestep=options.secmi_timestep, secmi_interval=options.secmi_interval,
                               batch_size=options.batch_size, seed=options.seed)
+    unit = resolve_unit(options.unit, data)
+    scored = patient_images(data, audited.rows, options.max_images_per_patient if unit == "patient" else None,
+                            options.seed)
     warnings: list[str] = []
     seconds: dict[str, float] = {}
-    log(f"auditing {audited.n_per_group} members vs {audited.n_per_group} holdout non-members (seed {options.seed})")
+    log(f"auditing {audited.n_per_group} members vs {audited.n_per_group} holdout non-members (seed {options.seed}"
+        f"{f'; {len(scored.rows)} images scored for the patient level' if unit == 'patient' else ''})")
 
     model, conditioning = None, "not used"
     if any(NEEDS_MODEL in spec.needs for spec in specs):
         clock = time.perf_counter()
-        model, conditioning = load_white_box_model(run_dir, data, audited, settings, device)
+        model, conditioning = load_white_box_model(run_dir, data, scored.rows, settings, device)
         seconds["model_load"] = time.perf_counter() - clock
 
     reasons: dict[str, str | None] = {NEEDS_REFERENCE: "no reference models: give --reference-models K to train them"}
+    reference, reference_report = None, None
+    if options.reference_models > 0 and any(NEEDS_REFERENCE in spec.needs for spec in specs):
+        clock = time.perf_counter()
+        reference, reference_report = reference_models_for(run_dir, data, options, device, log)
+        reasons[NEEDS_REFERENCE] = None
+        seconds["reference_models"] = time.perf_counter() - clock
     samples_folder = options.samples if options.samples is not None else run_dir / "samples"
     synthetic, reasons[NEEDS_SAMPLES] = load_synthetic(samples_folder, data.size, warnings)
     features, classifier_report = None, None
@@ -617,14 +722,16 @@ def audit_run(run_dir: str | Path, options: AuditOptions | None = None, log: Log
         classifier_report, reasons[NEEDS_FEATURES] = (found, None) if features is not None else (None, found)
         seconds["domain_classifier"] = time.perf_counter() - clock
 
-    images = np.asarray(data.images[audited.rows])
-    calibration_rows = np.flatnonzero(audited.is_calibration)
+    scored_images = np.asarray(data.images[scored.rows])
+    images = scored_images[: len(audited.rows)]
+    calibration_rows = np.flatnonzero(audited.is_calibration[scored.owner])
     context = AttackContext(
-        images=images, calibration_rows=calibration_rows, calibration_is_member=audited.is_member[calibration_rows],
+        images=scored_images, calibration_rows=calibration_rows,
+        calibration_is_member=audited.is_member[scored.owner][calibration_rows],
         settings=settings, model=model, synthetic=synthetic.images if synthetic is not None else None,
-        features=features, patients=data.index["patient_id"].to_numpy()[audited.rows],
+        features=features, patients=data.index["patient_id"].to_numpy()[scored.rows], reference=reference,
     )
-    attacks = score_attacks(specs, context, audited, reasons, delta, options.seed, log)
+    attacks = score_attacks(specs, context, audited, reasons, delta, options.seed, log, scored)
 
     memorization_result, reidentification, reidentification_skipped = None, None, reasons[NEEDS_SAMPLES]
     if synthetic is not None:
@@ -662,13 +769,19 @@ def audit_run(run_dir: str | Path, options: AuditOptions | None = None, log: Log
         "n_evaluation": halves["evaluation"],
         "delta": delta,
         "delta_source": delta_source,
+        "unit": unit,
+        "n_scored_images": len(scored.rows),
         "settings": {
-            "timestep": settings.timestep, "noise_draws": settings.noise_draws,
+            "timestep": settings.timestep, "timestep_default": settings.fixed_timestep,
+            "max_images_per_patient": options.max_images_per_patient if unit == "patient" else 1,
+            "noise_draws": settings.noise_draws,
             "secmi_timestep": settings.secmi_timestep, "secmi_interval": settings.secmi_interval,
             "batch_size": settings.batch_size, "device": str(device), "conditioning": conditioning,
         },
         "attacks": attacks.results,
+        "patient_attacks": attacks.patient_results,
         "skipped_attacks": attacks.skipped,
+        "reference_models": reference_report,
         "memorization": memorization_result.report if memorization_result is not None else None,
         "memorization_skipped": reasons[NEEDS_SAMPLES],
         "reidentification": reidentification,
@@ -688,7 +801,8 @@ def audit_run(run_dir: str | Path, options: AuditOptions | None = None, log: Log
     report["seconds"] = seconds
 
     with atomic_directory(run_dir / AUDIT_FOLDER, overwrite=True) as folder:
-        write_outputs(folder, report, scores_csv(data, audited, attacks.scores), attacks.curves, memorization_result)
+        write_outputs(folder, report, scores_csv(data, audited, scored, attacks.scores), attacks.curves, memorization_result)
+        keep_audit_state(run_dir / AUDIT_FOLDER, folder)
     log(f"wrote {run_dir / AUDIT_FOLDER}")
     return report
 

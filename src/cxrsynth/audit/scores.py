@@ -13,8 +13,9 @@ SCORES.csv
   anti-conservative (a simulation with 1–30 images per patient raised the flag in 54.7% of audits
   with nothing leaking, 1.8% with ``patient_id``). A file without ``patient_id`` is therefore
   refused unless ``--independent-rows`` says its rows are independent.
-* ``image_id``, ``split`` (optional, ignored) — identifiers, as in the ``scores.csv`` that
-  ``cxrsynth audit`` writes, so its own scores can be re-analysed.
+* ``image_id``, ``split``, ``image_level`` (optional, ignored) — identifiers, as in the ``scores.csv``
+  that ``cxrsynth audit`` writes, so its own scores can be re-analysed (with ``--unit patient`` it holds
+  every scored image of a patient: they are averaged per patient here).
 * every other column — one attack's scores (numbers, no missing values). A column named ``blind``
   (the audit's blind baseline in its own ``scores.csv``) is reported but cannot raise the flag.
 
@@ -48,7 +49,7 @@ STATS_FORMAT = 1
 MEMBER, HALF, PATIENT = "member", "half", "patient_id"
 BLIND_COLUMN = "blind"
 """The audit's blind baseline (no model access): reported, never part of the leak flag's family."""
-IGNORED_COLUMNS = ("image_id", "split")
+IGNORED_COLUMNS = ("image_id", "split", "image_level")
 HALVES = ("calibration", "evaluation")
 _TRUE, _FALSE = {"1", "true", "yes"}, {"0", "false", "no"}
 
@@ -88,7 +89,7 @@ def _parse_score(value: str, column: str, line: int, path: Path) -> float:
         number = float(value)
     except ValueError:
         raise CxrsynthError(f"{path}, row {line}: column {column!r} holds {value!r}, not a number",
-                            "every column other than member, half, patient_id, image_id and split must be numeric scores") from None
+                            "every column other than member, half, patient_id, image_id, split and image_level must be numeric scores") from None
     if not math.isfinite(number):
         raise CxrsynthError(f"{path}, row {line}: column {column!r} holds {value!r} (NaN or infinite)",
                             "give every unit a finite score, or drop the rows or the column")

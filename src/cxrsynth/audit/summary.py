@@ -10,7 +10,8 @@ The flag
 raise it, however many attacks ran and however they correlate. The family holds every test that
 can raise the flag, each valid on its own (:mod:`cxrsynth.audit.hypothesis`):
 
-* ``<attack>:auc`` — one-sided Mann–Whitney on the evaluation half (every attack but ``blind``);
+* ``<attack>:auc`` — one-sided Mann–Whitney on the evaluation half (every attack but ``blind``),
+  and ``<attack>@patient:auc`` for its patient-level result (``--unit patient``);
 * ``<attack>:tail`` — hypergeometric test at the zero-FPR threshold fixed on calibration (low-FPR leaks);
 * ``memorization:copies`` — near-copies of member vs holdout patients, relabelling test;
 * ``memorization:dcr_pixel`` / ``memorization:dcr_domain`` — nearest audited image a member,
@@ -42,9 +43,18 @@ def _worst(attacks: dict, key: str) -> dict | None:
     return worst
 
 
+PATIENT_SUFFIX = "@patient"
+"""Suffix of a patient-level result's name in the family (``loss@patient:auc``)."""
+
+
 def scored_attacks(report: dict) -> dict:
-    """The attacks that may raise the flag: every one with model or sample access (not ``blind``)."""
-    return {name: result for name, result in report["attacks"].items() if result["access"] != "none"}
+    """The attack results that may raise the flag: every one with model or sample access (not ``blind``),
+    image-level under the attack's name and patient-level (``patient_attacks``) as ``<name>@patient``."""
+    results = {name: result for name, result in report["attacks"].items() if result["access"] != "none"}
+    for name, result in (report.get("patient_attacks") or {}).items():
+        if result["access"] != "none":
+            results[f"{name}{PATIENT_SUFFIX}"] = result
+    return results
 
 
 def family_p_values(report: dict) -> dict[str, float]:
@@ -140,9 +150,9 @@ def _attack_sentences(report: dict) -> list[str]:
     beating = summary["attacks_beating_chance"]
     if beating:
         phrases = ", ".join(_auc_phrase(name, attacks[name]) for name in beating)
-        sentences = [f"{len(beating)} of {len(attacks)} attacks beat chance after Holm–Bonferroni over every test: {phrases}."]
+        sentences = [f"{len(beating)} of {len(attacks)} attack results beat chance after Holm–Bonferroni over every test: {phrases}."]
     else:
-        sentences = [f"None of the {len(attacks)} attacks beats chance after Holm–Bonferroni over every test."]
+        sentences = [f"None of the {len(attacks)} attack results beats chance after Holm–Bonferroni over every test."]
     worst_tpr = summary["worst_tpr_at_1pct_fpr"]
     if worst_tpr is not None:
         sentences.append(f"Worst TPR at 1% FPR (threshold fixed on calibration): {worst_tpr['value']:.3f} ({worst_tpr['attack']}).")

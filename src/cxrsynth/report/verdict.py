@@ -458,11 +458,16 @@ def _leaks(audit: dict) -> _Leaks:
 
 def _attack_evidence(audit: dict) -> list[str]:
     """Sentences on the membership-inference attacks: who beat chance, TPR at low FPR, ε lower bound."""
-    attacks = {name: result for name, result in audit.get("attacks", {}).items() if result["access"] != "none"}
+    from cxrsynth.audit.summary import scored_attacks
+
+    attacks = scored_attacks({"attacks": audit.get("attacks", {}), "patient_attacks": audit.get("patient_attacks")})
     summary = audit["summary"]
     n = audit["n_evaluation"]["members"]
-    evidence = [f"{len(attacks)} membership-inference attacks scored {n} member and {n} never-trained-on (holdout) "
-                f"patients, one image each (evaluation half; thresholds were fixed on a separate calibration half)."]
+    images = ("one image each" if not audit.get("patient_attacks") else
+              "one image each, and every image of each patient up to "
+              f"{audit['settings'].get('max_images_per_patient')} for the patient-level results (marked @patient)")
+    evidence = [f"{len(attacks)} membership-inference attack results scored {n} member and {n} never-trained-on "
+                f"(holdout) patients, {images} (evaluation half; thresholds were fixed on a separate calibration half)."]
     beating = summary["attacks_beating_chance"]
     if beating:
         phrases = []
