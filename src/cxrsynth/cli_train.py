@@ -121,6 +121,11 @@ def train_command(
     physical_batch_size: Optional[int] = typer.Option(
         None, "--physical-batch-size", min=1, help="DP: most records per forward pass per process (memory bound; "
         "each costs --noise-multiplicity rows). Default: --batch-size."),
+    canaries: Optional[int] = typer.Option(
+        None, "--canaries", min=0, help="One-run privacy audit (Steinke et al. 2023): add M synthetic canary "
+        "patients (one out-of-distribution image each, from a secret seed), each trained on with probability 1/2; "
+        "kept only in RUN/canaries/. Then `cxrsynth audit canaries --run RUN` gives an epsilon lower bound. An audit "
+        "run: `cxrsynth release` refuses it. Default 0 (none)."),
 ) -> None:
     """Train a DDPM (diffusers UNet2DModel, 1000-step DDPMScheduler, EMA) on the member split of --data.
 
@@ -146,7 +151,7 @@ def train_command(
         "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "dp": True if dp else None,
         "epsilon": epsilon, "delta": delta, "noise_multiplicity": noise_multiplicity, "privacy_unit": privacy_unit,
         "accountant": accountant, "logical_batch_size": logical_batch_size,
-        "physical_batch_size": physical_batch_size,
+        "physical_batch_size": physical_batch_size, "canaries": canaries,
     }
     options = {name: value for name, value in given.items() if value is not None}
     config = resolve_train_config(run, options, resume)

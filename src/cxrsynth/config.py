@@ -98,6 +98,9 @@ class TrainConfig:
             ``batch_size`` × ``grad_accum`` × processes.
         physical_batch_size: DP: most records per forward pass on one process (each costs
             ``noise_multiplicity`` rows); None means ``batch_size``.
+        canaries: one-run audit (Steinke et al. 2023): M synthetic canary patients, each included in
+            training with probability ½ (:mod:`cxrsynth.train.canaries`); 0 for none. A run with
+            canaries is an audit run: ``cxrsynth release`` refuses it.
     """
 
     data: str
@@ -143,6 +146,7 @@ class TrainConfig:
     accountant: str = "prv"
     logical_batch_size: int | None = None
     physical_batch_size: int | None = None
+    canaries: int = 0
 
     def validate(self) -> None:
         """Check every setting's range and choice.
@@ -193,6 +197,11 @@ class TrainConfig:
             _invalid("--snr-gamma", self.snr_gamma, "a number >= 0 (e.g. 5; 0 for the plain MSE)")
         if not 0.0 < self.beta_start < self.beta_end < 1.0:
             _invalid("beta_start/beta_end", (self.beta_start, self.beta_end), "0 < beta_start < beta_end < 1")
+        if self.canaries < 0:
+            _invalid("--canaries", self.canaries, "an integer >= 0")
+        if self.canaries and self.conditional:
+            raise CxrsynthError("--canaries is not supported with --conditional (canaries carry no finding labels)",
+                                "audit an unconditional run with the same recipe, or leave out --canaries")
         self._validate_privacy()
 
     def _validate_privacy(self) -> None:

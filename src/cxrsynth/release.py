@@ -35,6 +35,9 @@ it is never written to the release folder, nor anywhere else, and neither is any
 Released files are numbered contiguously (``synthetic_000000`` …), whatever was dropped in between.
 A release therefore cannot be regenerated, by design; ``--seed`` seeds only the screen.
 
+A run trained with canaries (``cxrsynth train --canaries``) is an audit run and is refused:
+its model was trained on synthetic canary patients, which it may reproduce.
+
 Differentially private runs (``RUN/privacy.json`` exists)
 --------------------------------------------------------
 The (ε, δ) guarantee covers the model and whatever is computed from the model alone. The screen
@@ -716,6 +719,23 @@ def _has_data_vocabulary(run: Path) -> bool:
     return vocabulary is not None and not vocabulary.from_schema_only
 
 
+def refuse_canary_run(run: Path) -> None:
+    """Refuse to release images of a run trained with canaries (``cxrsynth train --canaries``).
+
+    Raises:
+        CxrsynthError: when the run's config.yaml has ``canaries`` > 0 or the run holds ``canaries/``.
+    """
+    from cxrsynth.train.canaries import run_canary_count
+
+    count = run_canary_count(run)
+    if count:
+        raise CxrsynthError(
+            f"{run} was trained with {count} canary patients (--canaries): it is an audit run, and its model may "
+            "reproduce the canaries",
+            "release from a run trained without --canaries (same recipe); use this one for `cxrsynth audit canaries`",
+        )
+
+
 def release_run(
     run: str | Path,
     out: str | Path,
@@ -739,8 +759,8 @@ def release_run(
     Raises:
         CxrsynthError: for invalid options, a run without a trained model or audit, an unreadable
             privacy.json, no data or too few patients to calibrate the screen, too many candidates
-            dropped, ``--no-screen`` on a run without DP, or an existing ``out``. Nothing is left at
-            ``out`` then.
+            dropped, ``--no-screen`` on a run without DP, a run trained with canaries, or an existing
+            ``out``. Nothing is left at ``out`` then.
     """
     from cxrsynth.audit.runner import resolve_device
     from cxrsynth.evaluate.runner import load_run_data
@@ -751,6 +771,7 @@ def release_run(
     run, out = Path(run), Path(out)
     started = time.perf_counter()
     resolve_pipeline_dir(run)
+    refuse_canary_run(run)
     audit = read_audit(run)
     privacy = release_privacy(read_privacy(run), options.screen, _has_data_vocabulary(run))
     if out.exists() and not options.overwrite:

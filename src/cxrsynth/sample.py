@@ -21,6 +21,7 @@ import csv
 import hashlib
 import io
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -42,6 +43,8 @@ FILE_SUFFIX: dict[str, str] = {"png": ".png", "dicom": ".dcm"}
 MANIFEST_FILE = "manifest.csv"
 MANIFEST_COLUMNS: tuple[str, ...] = ("file", "index", "seed", "sampler", "steps", "label", "guidance")
 SETTINGS_FILE = "sampling.json"
+CANARY_NOTE = ("audit run: the model was trained with canary patients (cxrsynth train --canaries); "
+               "its samples are for measuring the run, not for release")
 LABEL_MIX_FROM_DATA = "from-data"
 LABEL_MIX_UNIFORM = "uniform"
 LABEL_MIXES: tuple[str, ...] = (LABEL_MIX_FROM_DATA, LABEL_MIX_UNIFORM)
@@ -301,6 +304,7 @@ class SamplingJob:
         image_format: ``png`` or ``dicom``.
         labels: each image's class.
         guidance: classifier-free guidance weight (1 for unconditional models).
+        canaries: canary patients the run was trained with (:mod:`cxrsynth.train.canaries`); 0 for none.
     """
 
     model: SamplingModel
@@ -311,6 +315,7 @@ class SamplingJob:
     image_format: str
     labels: LabelPlan
     guidance: float
+    canaries: int = 0
 
     def path(self, index: int) -> Path:
         """Where image ``index`` is written."""
@@ -318,7 +323,7 @@ class SamplingJob:
 
     def settings(self) -> dict:
         """The settings recorded in ``sampling.json`` and compared on every rerun."""
-        return {
+        record = {
             "model_sha256": self.model.fingerprint,
             "sampler": self.sampler,
             "steps": self.steps,
@@ -327,6 +332,10 @@ class SamplingJob:
             "labels": self.labels.description,
             "guidance": self.guidance,
         }
+        if self.canaries:  # an audit run's samples must say so wherever they go
+            record["canaries"] = self.canaries
+            record["note"] = CANARY_NOTE
+        return record
 
     def check_or_record_settings(self, is_main: bool) -> None:
         """Refuse an output folder made with other settings; the main process records new ones.
@@ -515,7 +524,12 @@ def generate_samples(
 
     out_dir = Path(out) if out is not None else Path(run) / "samples"
     out_dir.mkdir(parents=True, exist_ok=True)
-    job = SamplingJob(model, out_dir, sampler, steps, seed, image_format, labels, guidance)
+    from cxrsynth.train.canaries import run_canary_count
+
+    canaries = run_canary_count(run)
+    if canaries and state.is_main_process:
+        warnings.warn(f"{run}: {CANARY_NOTE} ({canaries} canaries); noted in {SETTINGS_FILE}", stacklevel=2)
+    job = SamplingJob(model, out_dir, sampler, steps, seed, image_format, labels, guidance, canaries)
     job.check_or_record_settings(state.is_main_process)
     state.wait_for_everyone()
     series = job.dicom_series()

@@ -416,17 +416,25 @@ def _release_accelerate_state(accelerator: Accelerator) -> None:
 def _run(config: TrainConfig, run_dir: Path, resume: bool, data: PreparedData,
          vocabulary: LabelVocabulary | None, accelerator: Accelerator) -> Path:
     """The body of :func:`train` once the data is loaded and Accelerate is set up."""
+    from cxrsynth.train.canaries import prepare_canaries, save_canaries, with_canaries
+
+    # Included canaries are trained (and, under DP, counted) like patients; `data` stays the real data,
+    # whose fingerprint and counts config.yaml records.
+    canaries = prepare_canaries(config, run_dir, resume, data.size, accelerator)
+    training_data = with_canaries(data, canaries)
     privacy = None
     if config.dp:
         from cxrsynth.dp.training import resolve_privacy
 
-        privacy = resolve_privacy(config, data, TRAIN_SPLIT, accelerator.num_processes)
-    parts = build_parts(config, data, accelerator, vocabulary, privacy)
+        privacy = resolve_privacy(config, training_data, TRAIN_SPLIT, accelerator.num_processes)
+    parts = build_parts(config, training_data, accelerator, vocabulary, privacy)
     facts = describe_run(config, data, accelerator.num_processes, vocabulary,
                          sum(p.numel() for p in parts.base_unet.parameters()), privacy, accelerator.device)
     check_run_folder(run_dir, config, facts, resume)  # every process: all fail alike, none waits forever
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if canaries is not None:  # before config.yaml: a resumed canary run must find its canaries
+            save_canaries(run_dir, canaries)
         save_run_config(run_dir, config, facts)
         if vocabulary is not None:
             vocabulary.save(run_dir)
