@@ -182,3 +182,52 @@ AUDIT_HELP = (
 def register(app: typer.Typer) -> None:
     """Add the ``audit`` command (and its ``stats`` subcommand) to the root ``cxrsynth`` app."""
     app.add_typer(audit_app, name="audit", help=AUDIT_HELP)
+
+
+CANARIES_HELP = (
+    "One-run privacy audit (Steinke, Nasr & Jagielski, NeurIPS 2023) of a run trained with `cxrsynth train "
+    "--canaries M`: score the M canaries with a white-box attack fixed in advance (default loss at t = 100, 16 noise "
+    "draws), guess 'in' for the highest scores and 'out' for the lowest, and turn the correct guesses into an ε lower "
+    "bound at --confidence (δ from RUN/privacy.json, else 1e-5). Without --guesses, the best of 7 guess counts is "
+    "reported with a union bound (the stated confidence holds). Writes RUN/audit/canaries.json. For a DP run, a bound "
+    "above the run's ε means the accounting or the implementation is wrong: the command then exits with code 3."
+)
+
+
+@audit_app.command("canaries", help=CANARIES_HELP)
+def canaries_command(
+    run: Path = typer.Option(..., "--run", help="Run folder trained with --canaries M."),
+    attack: str = typer.Option("loss", "--attack", help="White-box attack that scores the canaries (loss, pia, ...)."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Confidence 1-β of the ε lower bound."),
+    guesses: Optional[int] = typer.Option(
+        None, "--guesses", min=1, help="Number of guesses r (half 'in', half 'out'); default: the best of 7 "
+        "candidates (5%..100% of M), paid for with a union bound."),
+    timestep: int = typer.Option(100, "--timestep", min=1, help="Diffusion timestep t of the attack."),
+    noise_draws: int = typer.Option(16, "--noise-draws", min=1, help="Noise draws averaged per canary."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per UNet forward pass."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the attack's noise draws."),
+) -> None:
+    """Compute the canaries' ε lower bound of RUN and write RUN/audit/canaries.json."""
+    from rich.console import Console
+
+    from cxrsynth.audit.canaries import audit_canaries
+
+    errors = Console(stderr=True)
+    report = audit_canaries(run, attack=attack, confidence=confidence, guesses=guesses, timestep=timestep,
+                            noise_draws=noise_draws, batch_size=batch_size, seed=seed, device=device,
+                            log=lambda line: errors.print(f"[dim]audit canaries:[/] {line}", highlight=False))
+    console = Console()
+    console.print(f"{report['correct_guesses']} of {report['guesses']} guesses correct on {report['m']} canaries "
+                  f"({report['guess_selection']}): ε ≥ {report['eps_lower_bound']:.3f} at {confidence:.0%} confidence "
+                  f"(δ = {report['delta']:.3g})", highlight=False)
+    if report["epsilon"] is not None:
+        console.print(f"DP guarantee ε = {report['epsilon']:.3f}; ratio ε_lb / ε = {report['ratio']:.3f}", highlight=False)
+    console.print(f"wrote {Path(run) / 'audit' / 'canaries.json'}")
+    if report["violation"]:
+        errors.print(
+            f"[bold red]PRIVACY VIOLATION:[/] the audit proves ε ≥ {report['eps_lower_bound']:.3f} at "
+            f"{confidence:.0%} confidence, above the run's claimed ε = {report['epsilon']:.3f}. The DP accounting or "
+            "its implementation is wrong (noise, clipping, sampling rate or number of privacy units): do not trust "
+            "privacy.json, and report this as a bug.", highlight=False)
+        raise typer.Exit(code=3)
