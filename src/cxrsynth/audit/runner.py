@@ -148,7 +148,7 @@ import numpy as np
 
 from cxrsynth.audit import metrics
 from cxrsynth.audit.patients import DEFAULT_MAX_IMAGES_PER_PATIENT, UNITS, ScoredImages, patient_images, patient_metrics
-from cxrsynth.audit.summary import power_report, summarise, write_verdict
+from cxrsynth.audit.summary import PATIENT_SUFFIX, power_report, summarise, write_verdict
 from cxrsynth.audit.registry import (
     NEEDS_FEATURES,
     NEEDS_MODEL,
@@ -833,17 +833,21 @@ def table_rows(report: dict, with_tests: bool = False) -> list[tuple[str, ...]]:
     """Rows of the summary table (:data:`TABLE_COLUMNS`), plus :data:`TESTS_COLUMN` when ``with_tests``.
 
     TPRs are at thresholds fixed on the calibration half; the Holm p is the smallest adjusted p of the
-    attack's tests (``*`` when rejected at the family-wise 5%).
+    attack's tests (``*`` when rejected at the family-wise 5%). Patient-level results (``--unit
+    patient``) follow the image-level ones as ``<attack> @patient (<aggregation>)``.
     """
     rows = []
-    for name, result in report["attacks"].items():
+    levels = [(name, name, result) for name, result in report["attacks"].items()]
+    levels += [(f"{name}{PATIENT_SUFFIX}", f"{name} @patient ({result['aggregation']})", result)
+               for name, result in (report.get("patient_attacks") or {}).items()]
+    for name, label, result in levels:
         interval = result["auc_ci"]
         auc = f"{result['auc']:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
         direction = result["direction"]
         if result["direction"] != result["published_direction"]:
             direction += " (inverted)"
         nfe = result.get("nfe_per_image")
-        row = (name, result["access"], direction, auc, _number(result["tpr_at_1pct_fpr"]),
+        row = (label, result["access"], direction, auc, _number(result["tpr_at_1pct_fpr"]),
                _number(result["tpr_at_0.1pct_fpr"]), _number(result["eps_lower_bound"], 2), "" if nfe is None else f"{nfe:g}")
         rows.append(row + ((_adjusted_p(report, name),) if with_tests else ()))
     for name, reason in report.get("skipped_attacks", {}).items():

@@ -403,7 +403,10 @@ def audit_table_section(contents) -> str:
     audit = contents.audit
     n = audit["n_evaluation"]["members"]
     notes = sorted({note for result in audit["attacks"].values() for note in result.get("notes", [])})
-    body = [f"<p>Evaluation half: {n} member vs {audit['n_evaluation']['nonmembers']} holdout patients (one image each); "
+    images = ("one image each" if not audit.get("patient_attacks") else
+              "one image each in the image-level rows; up to "
+              f"{audit['settings'].get('max_images_per_patient')} images per patient, aggregated, in the @patient rows")
+    body = [f"<p>Evaluation half: {n} member vs {audit['n_evaluation']['nonmembers']} holdout patients ({images}); "
             f"δ = {audit['delta']:g} ({esc(audit.get('delta_source', ''))}). The audit's own verdict: "
             f"{esc(audit.get('verdict', ''))}</p>",
             *_audit_claims(contents),
