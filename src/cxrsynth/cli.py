@@ -73,11 +73,27 @@ def main(argv: list[str] | None = None) -> None:
         if code is None:
             code = getattr(exc, "code", 0)
         raise SystemExit(code) from None
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        if isinstance(exc, usage_error_types()):
             exc.show()
             raise SystemExit(exc.exit_code) from None
         raise
     raise SystemExit(0)
+
+
+def usage_error_types() -> tuple[type, ...]:
+    """The ``ClickException`` classes a usage error may be raised as.
+
+    Recent typer releases bundle their own copy of click (``typer._click``), whose exceptions are
+    not subclasses of ``click.ClickException``; both are caught so that a bad option prints one
+    usage line and exits 2 instead of a traceback.
+    """
+    import importlib
+
+    types: list[type] = []
+    for module_name in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            types.append(importlib.import_module(module_name).ClickException)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(types)

@@ -198,17 +198,26 @@ def verification_pairs(patient_index: np.ndarray, seed: int, max_pairs: int = MA
 
     Returns:
         ``(pairs, same)``: int array P×2 of positions, bool array P (True for same-patient pairs).
+
+    Raises:
+        CxrsynthError: when there are same-patient pairs but a single patient, so no different-patient
+            pair exists (drawing until one turned up would never end).
     """
     rng = np.random.default_rng([seed, 43])
     patients = np.asarray(patient_index)
     positive = [(a, b) for group in _multi_image_patients(patients) for i, a in enumerate(group) for b in group[i + 1 :]]
     if len(positive) > max_pairs:
         positive = [positive[i] for i in rng.choice(len(positive), size=max_pairs, replace=False)]
+    if positive and len(np.unique(patients)) < 2:
+        raise CxrsynthError(
+            "patient verification needs images of at least two patients; all verification images belong to one patient",
+            "prepare the data with more holdout and test patients (--holdout-fraction, --test-fraction)",
+        )
     negative: list[tuple[int, int]] = []
-    while len(negative) < len(positive):
-        a, b = rng.integers(0, len(patients), size=2)
-        if patients[a] != patients[b]:
-            negative.append((int(a), int(b)))
+    for _ in range(len(positive)):  # one draw each: b is drawn among the other patients' images
+        a = int(rng.integers(0, len(patients)))
+        others = np.flatnonzero(patients != patients[a])
+        negative.append((a, int(rng.choice(others))))
     pairs = np.array(positive + negative, dtype=np.int64).reshape(-1, 2)
     return pairs, np.array([True] * len(positive) + [False] * len(negative))
 
