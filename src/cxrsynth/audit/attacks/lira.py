@@ -10,9 +10,10 @@ al. logit-scale their confidences for the same reason).
 * ``lira`` (online): per image, a Gaussian N(μ_in, σ_in²) fitted to s on the reference models that
   trained on the image's patient, and N(μ_out, σ_out²) on those that did not; score =
   log N(s_target; μ_in, σ_in) − log N(s_target; μ_out, σ_out). Higher ⇒ member.
-* ``lira_offline``: only the models that did not train on the patient; score = −log Φ((s_target − μ_out)
-  / σ_out), a monotone transform of the published one-sided Λ = Pr[s_out ≥ s_target] that keeps its
-  resolution where members are extreme. Higher ⇒ member.
+* ``lira_offline``: only the models that did not train on the patient; score = −(s_target − μ_out) / σ_out
+  = Φ⁻¹(Λ) of the published one-sided Λ = Pr[s_out ≥ s_target], so it ranks images exactly as Λ does,
+  without Λ's floating-point saturation at 0 and 1 (Λ itself would tie every strong member at 1.0
+  and every strong non-member at 0.0). Higher ⇒ member.
 
 Means are the Gaussian maximum-likelihood means (Carlini et al.'s code uses the median; with few
 models the mean is the fit of the model the test assumes). Variances are per image once every image
@@ -94,11 +95,11 @@ def lira_online(target: np.ndarray, reference: np.ndarray, in_mask: np.ndarray,
 
 def lira_offline(target: np.ndarray, reference: np.ndarray, in_mask: np.ndarray,
                  per_image: bool | None = None) -> np.ndarray:
-    """Offline LiRA scores: −log Φ((s − μ_out)/σ_out) per image, out models only (higher ⇒ member:
-    the target's statistic is unusually low for a model that did not train on the image)."""
+    """Offline LiRA scores: −(s − μ_out)/σ_out = Φ⁻¹(Pr[s_out ≥ s]) per image, out models only (higher ⇒
+    member: the target's statistic is unusually low for a model that did not train on the image)."""
     per_image = use_per_image_variance(in_mask, (False,)) if per_image is None else per_image
     mean_out, std_out = gaussian_fits(reference, ~in_mask, per_image)
-    return -norm.logcdf((target - mean_out) / std_out)
+    return -(target - mean_out) / std_out
 
 
 def reference_inputs(context: AttackContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
