@@ -138,7 +138,7 @@ def test_translate_labels_between_vocabularies() -> None:
     assert translate_labels(ids, source, small).tolist() == [small.null_class] * 2  # unknown set: null for all
 
 
-def _tiny_run(root: Path, steps: int, **data_options) -> Path:
+def _tiny_run(root: Path, steps: int, conditional: bool = False, **data_options) -> Path:
     """A ``tiny`` UNet trained ``steps`` steps on a prepared folder (24 patients × 2 images unless told)."""
     from cxrsynth.config import TrainConfig
     from cxrsynth.train import train
@@ -146,7 +146,8 @@ def _tiny_run(root: Path, steps: int, **data_options) -> Path:
     data = make_prepared_folder(root / "data", **{"n_patients": 24, "images_per_patient": 2, "size": 32, **data_options})
     run = root / "run"
     train(TrainConfig(data=str(data), preset="tiny", max_steps=steps, batch_size=4, lr=1e-3, warmup_steps=2,
-                      checkpoint_every=steps, keep_checkpoints=1, progress_every=0, log_every=steps), run)
+                      checkpoint_every=steps, keep_checkpoints=1, progress_every=0, log_every=steps,
+                      conditional=conditional), run)
     return run
 
 
@@ -214,3 +215,35 @@ def test_lira_and_rmia_end_to_end_on_a_target_that_saw_no_member(tmp_path: Path)
     assert report["attacks"]["rmia"]["selected"]["n_population"] == 24
     assert (run / "audit" / REFERENCE_FOLDER / MANIFEST_FILE).is_file()  # kept in the new audit folder
     torch.set_num_threads(1)
+
+
+def test_conditional_run_scores_every_reference_attack_with_each_models_vocabulary(tmp_path: Path) -> None:
+    from cxrsynth.audit.attacks.lira import lira_offline_scores, lira_scores
+    from cxrsynth.audit.attacks.rmia import rmia_offline_scores, rmia_online_scores
+    from cxrsynth.audit.registry import AttackContext, AttackSettings
+    from cxrsynth.audit.runner import load_white_box_model, select_audited_set
+
+    run = _tiny_run(tmp_path, steps=1, conditional=True)
+    data = load_prepared(run.parent / "data")
+    reference = prepare_reference_models(run, data, 4, 1, 0, "cpu")
+    assert all(reference.load(k).vocabulary is not None for k in range(4))
+    audited = select_audited_set(data, None, 0)
+    settings = AttackSettings(noise_draws=1, batch_size=16)
+    model, conditioning = load_white_box_model(run, data, audited.rows, settings, "cpu")
+    calibration = np.flatnonzero(audited.is_calibration)
+    context = AttackContext(images=np.asarray(data.images[audited.rows]), calibration_rows=calibration,
+                            calibration_is_member=audited.is_member[calibration], settings=settings, model=model,
+                            patients=data.index["patient_id"].to_numpy()[audited.rows], reference=reference)
+    n = len(audited.rows)
+    for name, score in (("lira", lira_scores), ("lira_offline", lira_offline_scores), ("rmia", rmia_online_scores),
+                        ("rmia_offline", rmia_offline_scores)):
+        before = model.image_forwards
+        scores = score(context)
+        assert scores.shape == (n,) and np.all(np.isfinite(scores)), name
+        target_forwards = model.image_forwards - before
+        population = len(reference.population_rows) if name.startswith("rmia") else 0
+        assert target_forwards == n + population, name  # one draw per audited image (+ the population for RMIA)
+        assert context.choices[name]["reference_nfe_per_image"] == pytest.approx(4 * (n + len(reference.population_rows)) / n)
+    assert not context.choices["lira"]["reference_statistics_shared"] and context.choices["rmia"]["reference_statistics_shared"]
+    assert 0.0 <= context.choices["rmia"]["calibration_auc"] <= 1.0
+    assert context.choices["rmia_offline"]["a"] in (0.0, 0.25, 0.5, 0.75, 1.0)

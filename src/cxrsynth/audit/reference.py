@@ -150,9 +150,9 @@ def patients_sha256(patients: Sequence[str]) -> str:
 
 def _link_images(source: Path, target: Path) -> str:
     """Hard-link ``source`` at ``target`` (symbolic link across file systems); returns how."""
-    if target.exists() or target.is_symlink():
-        if target.resolve() == source.resolve() or os.path.samefile(source, target):
-            return "existing"
+    if target.exists() and os.path.samefile(source, target):
+        return "existing"
+    if target.exists() or target.is_symlink():  # stale (the run's images were prepared again) or dangling
         target.unlink()
     try:
         os.link(source, target)
