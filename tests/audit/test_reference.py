@@ -183,6 +183,7 @@ def test_reference_models_train_once_match_their_data_and_are_reused(tmp_path: P
     again = prepare_reference_models(run, data, 4, 2, 0, "cpu")
     assert [path.stat().st_mtime_ns for path in weights] == mtimes
     assert again.train_seconds == pytest.approx(reference.train_seconds)
+    assert again.report()["reused"] == [0, 1, 2, 3] and reference.report()["reused"] == []
     with pytest.raises(CxrsynthError, match="another"):
         prepare_reference_models(run, data, 4, 3, 0, "cpu")
 

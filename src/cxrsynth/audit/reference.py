@@ -298,14 +298,14 @@ def train_reference_model(run_dir: Path, data: PreparedData, index: int, count: 
     record = _read_record(record_path)
     if record is not None and (folder / PIPELINE_DIR).is_dir():
         _check_record(record, expected, record_path)
-        return record
+        return {**record, "reused": True}
     resumed = (folder / CHECKPOINTS_DIR).is_dir()
     log(f"reference model {index + 1}/{count}: {len(in_patients)} patients ({n_in_images} images), "
         f"{config.max_steps} steps{' (resuming)' if resumed else ''}")
     started = time.perf_counter()
     train(config, folder, resume=True)
     seconds = time.perf_counter() - started
-    record = {**expected, "in_patients": in_patients, "train_seconds": seconds, "resumed": resumed}
+    record = {**expected, "in_patients": in_patients, "train_seconds": seconds, "resumed": resumed, "reused": False}
     if rank == 0:
         atomic_write_json(record_path, record)
         shutil.rmtree(folder / CHECKPOINTS_DIR, ignore_errors=True)  # reuse needs only pipeline/
@@ -444,13 +444,20 @@ class ReferenceModels:
         return set(view.index.loc[view.index["split"] == "member", "patient_id"].astype(str))
 
     def report(self) -> dict:
-        """audit.json ``reference_models``: counts and cost, no patient ids."""
+        """audit.json ``reference_models``: counts and cost, no patient ids.
+
+        Keys: ``count``, ``steps``, ``train_seconds`` (sum over the models, as measured when each was
+        trained — also for models reused from an earlier audit, listed in ``reused``),
+        ``train_seconds_per_model``, ``n_pool_patients``, ``n_population`` (RMIA's z), ``design``,
+        ``resumed`` (models continued from a checkpoint), ``reused``, ``folder``, ``notes``.
+        """
         notes = sorted({note for record in self.records for note in record.get("notes", [])})
         return {"count": self.count, "steps": self.steps, "train_seconds": self.train_seconds,
                 "train_seconds_per_model": self.train_seconds / self.count,
                 "n_pool_patients": int(len(self.patients)), "n_population": int(len(self.population_rows)),
                 "design": "paired complementary patient halves of member+holdout",
                 "resumed": [record["index"] for record in self.records if record.get("resumed")],
+                "reused": [record["index"] for record in self.records if record.get("reused")],
                 "folder": str(self.folders[0].parent), "notes": notes}
 
     def load(self, index: int):
