@@ -45,19 +45,45 @@ def _save(figure, path: str | Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_pixel_statistics(image_sets: list[NamedSet], path: str | Path) -> Path:
-    """Two panels: intensity histogram and radial power spectrum of each uint8 image set. Returns ``path``."""
+def power_of_two_ticks(axis, low: float, high: float) -> None:
+    """Label a log frequency axis at 1/2, 1/4, … only (no minor labels).
+
+    Matplotlib labels the minor ticks of a log axis spanning less than a decade or two
+    (2×10⁻², 3×10⁻², …), and those labels overlap; powers of two are the natural ticks of
+    frequencies 1/S … 1/2 cycles per pixel.
+    """
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    exponents = range(int(np.floor(np.log2(high))), int(np.ceil(np.log2(low))) - 1, -1)
+    ticks = [2.0**e for e in exponents if low * 0.999 <= 2.0**e <= high * 1.001]
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(lambda value, _: f"1/{round(1 / value):d}" if value < 1 else f"{value:g}")
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def pixel_statistics_figure(image_sets: list[NamedSet]):
+    """The matplotlib figure of :func:`plot_pixel_statistics` (for drawing or inspecting)."""
     plt = _pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    frequency_range = [np.inf, 0.0]
     for named in image_sets:
         left.plot(GRAY_LEVELS, intensity_histogram(named.values), label=f"{named.name} (N={len(named.values)})")
         frequencies, power = radial_power_spectrum(named.values)
         right.loglog(frequencies, power, label=named.name)
+        frequency_range = [min(frequency_range[0], frequencies.min()), max(frequency_range[1], frequencies.max())]
+    if frequency_range[1] > 0:
+        power_of_two_ticks(right.xaxis, *frequency_range)
     left.set(xlabel="gray level", ylabel="fraction of pixels", title="Intensity histogram")
     right.set(xlabel="spatial frequency (cycles/pixel)", ylabel="mean power", title="Radially averaged power spectrum")
     left.legend()
     right.legend()
-    return _save(figure, path)
+    return figure
+
+
+def plot_pixel_statistics(image_sets: list[NamedSet], path: str | Path) -> Path:
+    """Two panels: intensity histogram and radial power spectrum of each uint8 image set. Returns ``path``."""
+    return _save(pixel_statistics_figure(image_sets), path)
 
 
 def plot_feature_projection(feature_sets: list[NamedSet], path: str | Path) -> Path:

@@ -283,12 +283,14 @@ def images_section(contents, images: Images, options: PageOptions) -> str:
 
 
 def _skip_reasons(fidelity: dict) -> list[tuple[str, str]]:
-    reasons = []
+    """``(metrics, why)`` rows of what evaluate did not compute; metrics skipped for the same reason share one row
+    (the Inception weights' absence used to be said four times, once each for FID, KID, precision and recall)."""
+    reasons: dict[str, list[str]] = {}
     for key in ("fid", "kid", "precision", "recall", "domain", "utility", "diversity", "pixel"):
         reason = fidelity.get(f"{key}_skipped")
         if reason:
-            reasons.append((key, reason))
-    return reasons
+            reasons.setdefault(str(reason), []).append(key)
+    return [(", ".join(keys), reason) for reason, keys in reasons.items()]
 
 
 def fidelity_section(contents, images: Images) -> str:
