@@ -96,7 +96,8 @@ def test_audit_without_samples_writes_every_file_and_skips_black_box_attacks(tmp
     assert sorted(path.name for path in (run / "audit").iterdir()) == ["audit.json", "memorization.png", "roc.png", "scores.csv"]
     assert json.loads((run / "audit" / "audit.json").read_text()) == report
     assert set(report["attacks"]) == {*WHITE_BOX, "blind"}
-    assert set(report["skipped_attacks"]) == {"nn", "nn_domain"}
+    assert set(report["skipped_attacks"]) == {"nn", "nn_domain", "lira", "lira_offline", "rmia", "rmia_offline"}
+    assert "--reference-models" in report["skipped_attacks"]["lira"]
     assert "no synthetic images" in report["skipped_attacks"]["nn"]
     assert report["memorization"] is None and "no synthetic images" in report["memorization_skipped"]
     assert report["delta"] == 1e-3 and report["delta_source"] == "privacy.json"
