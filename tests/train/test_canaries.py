@@ -181,3 +181,16 @@ def test_release_refuses_and_sample_warns_for_a_canary_run(tiny_run: Path, tmp_p
     assert any("canary" in str(item.message) for item in caught)
     sampling = json.loads((tmp_path / "samples" / "sampling.json").read_text())
     assert sampling["canaries"] == 4 and "audit run" in sampling["note"]
+
+
+def test_model_card_says_the_run_carries_canaries(tiny_run: Path, tmp_path: Path) -> None:
+    from cxrsynth.report.runner import write_report
+    from tests.tiny_run import copy_run
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    assert "canary" not in write_report(run).model_card.read_text()
+    document = yaml.safe_load((run / "config.yaml").read_text())
+    document["train"]["canaries"] = 4
+    document["train"]["conditional"] = False  # as a canary run is (the card reads the config only)
+    (run / "config.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    assert "4 synthetic canary patients" in write_report(run).model_card.read_text()

@@ -41,6 +41,9 @@ def _model_details(contents, verdict) -> list[str]:
                      + (f", seed {config.seed}" if coverage.show_training_seed(contents.trained_with_dp) else "")),
         ("differential privacy", verdict.dp_statement),
     ]
+    if config.canaries:  # cxrsynth.train.canaries: an audit run
+        rows.append(("canaries", f"{config.canaries} synthetic canary patients, each trained on with probability ½, "
+                                 "for a one-run privacy audit: an audit run, not for release"))
     if facts is not None and facts.versions:
         rows.append(("software", ", ".join(f"{name} {version}" for name, version in facts.versions.items())))
     return lines + [md_table(("", ""), rows), ""]
