@@ -56,14 +56,13 @@ def main(argv: list[str] | None = None) -> None:
         argv: arguments without the program name; ``sys.argv[1:]`` when None.
 
     Raises:
-        SystemExit: always, with 0 on success, 2 on a :class:`CxrsynthError`.
+        SystemExit: always, with 0 on success, 2 on a :class:`CxrsynthError` or on a file-system
+            failure the user can fix (disk full, permission denied: :func:`cxrsynth.fsutil.os_error_message`).
     """
     try:
         app(args=argv if argv is not None else sys.argv[1:], prog_name="cxrsynth", standalone_mode=False)
     except CxrsynthError as exc:
-        _err_console.print(f"[bold red]error:[/] {exc.problem}", highlight=False)
-        if exc.fix:
-            _err_console.print(f"[bold]fix:[/] {exc.fix}", highlight=False)
+        _print_error(exc)
         raise SystemExit(2) from None
     except typer.Abort:
         _err_console.print("aborted")
@@ -73,12 +72,28 @@ def main(argv: list[str] | None = None) -> None:
         if code is None:
             code = getattr(exc, "code", 0)
         raise SystemExit(code) from None
+    except OSError as exc:
+        # Disk full, a read-only folder, a file where a folder belongs: the user can fix these.
+        from cxrsynth.fsutil import os_error_message
+
+        clear = os_error_message(exc)
+        if clear is None:
+            raise
+        _print_error(clear)
+        raise SystemExit(2) from None
     except Exception as exc:
         if isinstance(exc, usage_error_types()):
             exc.show()
             raise SystemExit(exc.exit_code) from None
         raise
     raise SystemExit(0)
+
+
+def _print_error(exc: CxrsynthError) -> None:
+    """Print ``error: PROBLEM`` and ``fix: FIX`` to stderr."""
+    _err_console.print(f"[bold red]error:[/] {exc.problem}", highlight=False)
+    if exc.fix:
+        _err_console.print(f"[bold]fix:[/] {exc.fix}", highlight=False)
 
 
 def usage_error_types() -> tuple[type, ...]:

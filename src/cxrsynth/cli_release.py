@@ -71,7 +71,7 @@ def release_command(
     ),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared-data folder (default: the one in RUN/config.yaml)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder once the new one is complete."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier release (a folder holding release.json) once the new one is complete; never any other folder."),
 ) -> None:
     """Export privacy-screened synthetic images (see RELEASE_HELP)."""
     from rich.console import Console

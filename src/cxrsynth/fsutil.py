@@ -8,6 +8,7 @@ complete new one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -132,3 +133,141 @@ def atomic_directory(target: str | os.PathLike[str], overwrite: bool = False) ->
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_PATH_ERRNOS = frozenset({errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP})
+
+
+def os_error_message(exc: OSError) -> CxrsynthError | None:
+    """The clear error for a file-system failure the user can fix (disk full, read-only, a path that is a file).
+
+    Args:
+        exc: the ``OSError`` a stage raised while reading or writing.
+
+    Returns:
+        A :class:`CxrsynthError` naming the file and the fix, or None for an ``OSError`` that is
+        not one of these (left to surface as a bug).
+    """
+    where = exc.filename if exc.filename is not None else "a file"
+    reason = exc.strerror or str(exc)
+    if exc.errno in _SPACE_ERRNOS:
+        return CxrsynthError(
+            f"no space left while writing {where} ({reason}); nothing half-written was kept",
+            "free disk space (or choose an output folder on another disk) and run the command again; "
+            "`cxrsynth train --resume` continues from the last complete checkpoint",
+        )
+    if exc.errno in _PERMISSION_ERRNOS:
+        return CxrsynthError(
+            f"permission denied on {where} ({reason})",
+            "make that folder writable for this user, or choose another output folder",
+        )
+    if exc.errno in _PATH_ERRNOS:
+        return CxrsynthError(f"cannot use the path {where} ({reason})",
+                             "check the path: a folder was expected where a file is, or the reverse")
+    return None
+
+
+def check_output_parent(path: str | os.PathLike[str], option: str = "--out") -> None:
+    """Refuse an output path that is an existing file, or whose parent chain runs through a file.
+
+    Raises:
+        CxrsynthError: naming the file in the way.
+    """
+    target = Path(path)
+    if target.is_file():
+        raise CxrsynthError(f"{option} {target} is an existing file, not a folder", f"choose another {option}")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CxrsynthError(f"{option} {target} lies under {parent}, which is a file",
+                                    f"choose an {option} whose parent folders are folders")
+            return
+
+
+LOCK_FILE = ".cxrsynth.lock"
+"""Lock file of a run folder: JSON ``pid``, ``host``, ``command``, ``started`` of the process holding it."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _lock_is_stale(holder: dict[str, Any] | None) -> bool:
+    """A lock whose holder is known to be gone: this host, and no process with its pid (or an unreadable lock)."""
+    import socket
+
+    if holder is None:
+        return True  # a crash between create and write: empty or torn JSON
+    if holder.get("host") != socket.gethostname():
+        return False  # another machine on a shared disk: its pid says nothing here
+    pid = holder.get("pid")
+    return not isinstance(pid, int) or not _pid_alive(pid)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str], command: str) -> Iterator[Path]:
+    """Hold ``FOLDER/.cxrsynth.lock`` (``O_EXCL``; pid, host, command) while the body runs.
+
+    A lock left by a process that died (same host, pid gone) is taken over; a live holder is
+    refused with its pid, so two ``train`` processes never write one run folder at once.
+
+    Args:
+        folder: the folder to lock (created if missing).
+        command: what holds it, e.g. ``"cxrsynth train"`` (recorded in the lock).
+
+    Yields:
+        The lock file's path.
+
+    Raises:
+        CxrsynthError: when another live process holds the lock.
+    """
+    import socket
+    import time
+
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / LOCK_FILE
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    for _ in range(3):  # a stale lock removed by another process between our tries: try again
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            if not _lock_is_stale(holder):
+                raise CxrsynthError(
+                    f"{target} is in use by {holder.get('command', 'another process')} (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}, since {holder.get('started')}); two processes writing one run folder "
+                    "would corrupt its checkpoints and log",
+                    f"wait for that process to finish (or stop it); if it is gone, delete {path}",
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        break
+    else:
+        raise CxrsynthError(f"could not lock {target} ({path} keeps reappearing)", f"delete {path} and retry")
+    try:
+        yield path
+    finally:
+        if _read_lock(path) == record:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)

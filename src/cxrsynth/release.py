@@ -101,7 +101,8 @@ from cxrsynth.audit.memorization import CARLINI_NEIGHBOURS, CARLINI_RATIO_THRESH
 from cxrsynth.data.prepared import PreparedData
 from cxrsynth.config import PRIVACY_FILE
 from cxrsynth.errors import CxrsynthError
-from cxrsynth.fsutil import atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_text
+from cxrsynth.fsutil import (atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                             check_output_parent)
 
 RELEASE_FORMAT = 2
 """2: no seed or candidate index anywhere; ``privacy`` object; ``dropped``/``screens`` null when unscreened."""
@@ -151,7 +152,7 @@ class ReleaseOptions:
             on a run without DP: refused.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         data: prepared-data folder (default: the one in ``RUN/config.yaml``).
-        overwrite: replace an existing output folder (only once the new one is complete).
+        overwrite: replace an existing output folder that is a previous release (only once the new one is complete).
         progress: show progress bars.
     """
 
@@ -736,6 +737,53 @@ def refuse_canary_run(run: Path) -> None:
         )
 
 
+def _overlaps(a: Path, b: Path) -> bool:
+    """True when ``a`` is ``b``, lies inside it, or contains it (both resolved, links followed)."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def check_release_target(out: Path, run: Path, options: ReleaseOptions) -> None:
+    """Refuse an output folder whose replacement would destroy anything but a previous release.
+
+    ``--overwrite`` deletes the old folder once the new one is complete, so it may only ever
+    replace a folder that is itself a release (holds ``release.json``); and the output may never
+    be, contain, or lie inside the run folder or its prepared-data folder.
+
+    Args:
+        out: the requested ``--out``.
+        run: the run folder.
+        options: the release options (``data``, ``overwrite``).
+
+    Raises:
+        CxrsynthError: when ``out`` is a file, overlaps the run or data folder, or exists and is
+            not a previous release (or ``--overwrite`` was not given).
+    """
+    from cxrsynth.evaluate.runner import run_data_path
+
+    check_output_parent(out)
+    protected = [("run", run)]
+    try:
+        protected.append(("prepared-data", options.data if options.data is not None else run_data_path(run)))
+    except CxrsynthError:
+        pass  # no readable config.yaml: the run folder itself is still protected
+    for what, folder in protected:
+        if _overlaps(out, folder):
+            raise CxrsynthError(
+                f"--out {out} is, contains or lies inside the {what} folder {folder}; a release there would "
+                "mix with (or, with --overwrite, delete) that folder",
+                "choose an --out outside the run and data folders, e.g. a new folder next to the run",
+            )
+    if out.exists():
+        if not options.overwrite:
+            raise CxrsynthError(f"output folder {out} already exists", "choose another --out, or pass --overwrite")
+        if not (out / RELEASE_FILE).is_file():
+            raise CxrsynthError(
+                f"--overwrite would delete {out}, which is not a previous release (it has no {RELEASE_FILE})",
+                "choose a new --out; --overwrite only replaces a folder an earlier `cxrsynth release` wrote",
+            )
+
+
 def release_run(
     run: str | Path,
     out: str | Path,
@@ -759,8 +807,8 @@ def release_run(
     Raises:
         CxrsynthError: for invalid options, a run without a trained model or audit, an unreadable
             privacy.json, no data or too few patients to calibrate the screen, too many candidates
-            dropped, ``--no-screen`` on a run without DP, a run trained with canaries, or an existing
-            ``out``. Nothing is left at ``out`` then.
+            dropped, ``--no-screen`` on a run without DP, a run trained with canaries, or an ``out``
+            that :func:`check_release_target` refuses. Nothing is left at ``out`` then.
     """
     from cxrsynth.audit.runner import resolve_device
     from cxrsynth.evaluate.runner import load_run_data
@@ -774,8 +822,7 @@ def release_run(
     refuse_canary_run(run)
     audit = read_audit(run)
     privacy = release_privacy(read_privacy(run), options.screen, _has_data_vocabulary(run))
-    if out.exists() and not options.overwrite:
-        raise CxrsynthError(f"output folder {out} already exists", "choose another --out, or pass --overwrite")
+    check_release_target(out, run, options)
     log(privacy.statement())
     screen: ReleaseScreen | NoScreen = NoScreen()
     if privacy.screened:
