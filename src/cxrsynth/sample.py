@@ -293,6 +293,26 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def read_settings_file(path: Path) -> dict:
+    """The ``sampling.json`` of a samples folder.
+
+    Raises:
+        CxrsynthError: when it is unreadable, not UTF-8 JSON, or not an object.
+    """
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        record, problem = None, f"{type(exc).__name__}: {exc}"
+    else:
+        problem = "not a JSON object"
+    if not isinstance(record, dict):
+        raise CxrsynthError(
+            f"{path} is corrupt ({problem}), so the settings of the samples beside it are unknown",
+            f"delete {path.parent} (or sample into another --out) and run `cxrsynth sample` again",
+        )
+    return record
+
+
 @dataclass(frozen=True)
 class SamplingJob:
     """Everything that fixes the images of one output folder (all but their number).
@@ -345,7 +365,7 @@ class SamplingJob:
         """
         path, record = self.out / SETTINGS_FILE, self.settings()
         if path.is_file():
-            existing = json.loads(path.read_text())
+            existing = read_settings_file(path)
             different = sorted(key for key in record if existing.get(key) != record[key])
             if different:
                 details = ", ".join(f"{key}: {existing.get(key)!r} -> {record[key]!r}" for key in different)
@@ -368,7 +388,7 @@ class SamplingJob:
         """The DICOM series recorded for this folder (None for PNG output)."""
         if self.image_format != "dicom":
             return None
-        return SyntheticSeries.from_json(json.loads((self.out / SETTINGS_FILE).read_text())["dicom_series"])
+        return SyntheticSeries.from_json(read_settings_file(self.out / SETTINGS_FILE)["dicom_series"])
 
     def generate(self, indices: Sequence[int], series: SyntheticSeries | None) -> None:
         """Generate images ``indices`` as one batch and write each file atomically."""

@@ -36,9 +36,11 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> CliResult:
     Raises:
         AssertionError: when ``main`` returns without ``SystemExit`` (it always exits).
     """
-    from cxrsynth.cli import main
+    from cxrsynth import cli
 
     capsys.readouterr()
+    cli._err_console.width = 10_000  # no wrapping inside paths: messages are matched as sentences
+    main = cli.main
     with pytest.raises(SystemExit) as exited:
         main(argv)
     captured = capsys.readouterr()
@@ -68,8 +70,9 @@ def leftovers(folder: Path) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(one_thread: None) -> Iterator[None]:
-    """One torch/BLAS thread (root conftest); Accelerate's process-wide state forgotten after each test."""
+def _one_thread(one_thread: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """One torch/BLAS thread (root conftest), wide consoles; Accelerate's process-wide state forgotten after each test."""
+    monkeypatch.setenv("COLUMNS", "10000")  # consoles the commands create: no wrapping inside paths
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()

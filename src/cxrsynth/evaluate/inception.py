@@ -13,18 +13,23 @@ downloads only when ``allow_download`` is true, with a socket timeout so an offl
 fast. When no weights can be had, it returns the reason and the exact way to provide the file; the
 runner records it as ``fid_skipped`` (etc.) and carries on.
 
-A weights file is first read with ``torch.load(weights_only=True)`` (no arbitrary unpickling)
-and checked for the Inception layout before torch-fidelity loads it; its SHA-256 is compared with
-the standard file's, and a different file is reported (FIDs then don't compare with published ones).
+A weights file is read once (:func:`checked_weights`): those bytes are loaded with
+``torch.load(weights_only=True)`` (no arbitrary unpickling), checked for the Inception layout, and
+only the checked tensors reach torch-fidelity (which itself unpickles freely), through a private
+copy, never the user's path again. Its SHA-256 is compared with the standard file's, and a
+different file is reported (FIDs then don't compare with published ones).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -137,6 +142,34 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _checked_state(data: bytes, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``data`` (the bytes of ``path``), loaded without arbitrary unpickling and checked.
+
+    Raises:
+        CxrsynthError: when the bytes need unpickling of arbitrary objects, or are not that layout.
+    """
+    fix = f"pass the standard weights file: {how_to_provide_weights()}"
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CxrsynthError(f"{path} cannot be read as a safe torch state dict ({type(exc).__name__}: {exc})", fix) from None
+    expected = {"Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3), "fc.weight": (1008, 2048)}
+    if not isinstance(state, dict) or any(
+        not isinstance(state.get(name), torch.Tensor) or tuple(state[name].shape) != shape
+        for name, shape in expected.items()
+    ) or not all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()):
+        raise CxrsynthError(f"{path} is not a torch-fidelity InceptionV3 state dict", fix)
+    return state
+
+
+def _read_weights(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CxrsynthError(f"Inception weights {path} cannot be read ({exc.strerror or exc})",
+                            "check the path given to --inception-weights") from None
+
+
 def check_weights_file(path: Path) -> str:
     """Check that ``path`` is a plain tensor state dict in torch-fidelity's Inception layout.
 
@@ -146,18 +179,38 @@ def check_weights_file(path: Path) -> str:
     Raises:
         CxrsynthError: when the file needs unpickling of arbitrary objects, or is not that layout.
     """
-    fix = f"pass the standard weights file: {how_to_provide_weights()}"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CxrsynthError(f"{path} cannot be read as a safe torch state dict ({type(exc).__name__}: {exc})", fix) from None
-    expected = {"Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3), "fc.weight": (1008, 2048)}
-    if not isinstance(state, dict) or any(
-        not isinstance(state.get(name), torch.Tensor) or tuple(state[name].shape) != shape
-        for name, shape in expected.items()
-    ):
-        raise CxrsynthError(f"{path} is not a torch-fidelity InceptionV3 state dict", fix)
-    return file_sha256(path)
+    data = _read_weights(path)
+    _checked_state(data, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def checked_weights(path: Path) -> Iterator[tuple[Path, str]]:
+    """Read ``path`` once, check those bytes, and give torch-fidelity only a private copy of what was checked.
+
+    torch-fidelity loads its weights file with ``torch.load(weights_only=False)``, which runs any
+    code a pickle carries. Checking ``path`` and then handing torch-fidelity the same *path* would
+    let whoever can replace the file between the two reads run code; so the checked tensors are
+    saved to a file in a private temporary folder (mode 0700) and that file is what it loads.
+
+    Args:
+        path: the weights file (``--inception-weights``, or torch-fidelity's cache).
+
+    Yields:
+        ``(private_file, sha256)``: the copy to pass to torch-fidelity, and the SHA-256 of the bytes read.
+
+    Raises:
+        CxrsynthError: as :func:`check_weights_file`.
+    """
+    data = _read_weights(path)
+    state = _checked_state(data, path)
+    sha256 = hashlib.sha256(data).hexdigest()
+    del data
+    with tempfile.TemporaryDirectory(prefix="cxrsynth-inception-") as private:
+        copy = Path(private) / "inception-checked.pth"
+        torch.save(state, copy)  # only the checked tensors: nothing else can be unpickled from it
+        del state
+        yield copy, sha256
 
 
 class GrayscaleUint8Dataset(Dataset):
@@ -190,7 +243,7 @@ def inception_metrics(
     Args:
         real: uint8 N×S×S reference images.
         synthetic: uint8 M×S'×S' synthetic images.
-        weights_path: a checked Inception weights file (:func:`check_weights_file`).
+        weights_path: a checked private copy of the Inception weights (:func:`checked_weights`).
         metrics: any of :data:`INCEPTION_METRICS`.
         seed: torch-fidelity's ``rng_seed`` (KID subsets).
         batch_size: images per Inception forward pass.

@@ -273,26 +273,52 @@ class SyntheticSet:
 
 
 def _manifest_rows(folder: Path) -> list[dict[str, str]] | None:
+    """The rows of ``folder/manifest.csv`` by index (None without one).
+
+    Raises:
+        CxrsynthError: when it is not UTF-8 CSV with ``file`` and ``index`` columns, or a ``file``
+            names anything but a file directly in ``folder`` (``../../etc/passwd``, an absolute path).
+    """
     path = folder / MANIFEST_FILE
     if not path.is_file():
         return None
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and not {"file", "index"} <= set(rows[0]):
-        raise CxrsynthError(f"{path} lacks the 'file' and 'index' columns", "regenerate it with `cxrsynth sample`")
-    return sorted(rows, key=lambda row: int(row["index"]))
+    fix = "regenerate it with `cxrsynth sample` (delete the samples folder first)"
+    rows: list[dict[str, str]] = []
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        ordered = sorted(rows, key=lambda row: int(row["index"]))
+    except UnicodeDecodeError as exc:
+        raise CxrsynthError(f"{path} is not UTF-8 text ({exc})", fix) from None
+    except (csv.Error, KeyError, TypeError, ValueError) as exc:
+        if rows and not {"file", "index"} <= set(rows[0]):
+            raise CxrsynthError(f"{path} lacks the 'file' and 'index' columns", fix) from None
+        raise CxrsynthError(f"{path} is not a valid manifest ({type(exc).__name__}: {exc})", fix) from None
+    for row in ordered:
+        name = row.get("file") or ""
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise CxrsynthError(
+                f"{path} lists {name!r}, which is outside the samples folder {folder}; a manifest may only name "
+                "files directly inside its folder",
+                fix,
+            )
+    return ordered
 
 
 def _read_image(path: Path) -> np.ndarray:
     if not path.is_file():
         raise CxrsynthError(f"sample file {path} listed in the manifest is missing", "re-run `cxrsynth sample` into that folder")
-    if path.suffix.lower() == ".dcm":
-        import pydicom
+    fix = "delete it and re-run `cxrsynth sample` into that folder (it regenerates missing images)"
+    try:
+        if path.suffix.lower() == ".dcm":
+            import pydicom
 
-        pixels = pydicom.dcmread(path).pixel_array
-    else:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("L"))
+            pixels = pydicom.dcmread(path).pixel_array
+        else:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("L"))
+    except Exception as exc:  # PIL and pydicom raise many types for a truncated or corrupt file
+        raise CxrsynthError(f"sample file {path} cannot be read ({type(exc).__name__}: {exc})", fix) from None
     if pixels.dtype != np.uint8 or pixels.ndim != 2:
         raise CxrsynthError(f"{path} is not an 8-bit grayscale image ({pixels.dtype}, shape {pixels.shape})")
     return pixels
@@ -436,6 +462,17 @@ def select_image_sets(data: PreparedData, synthetic: SyntheticSet, reference: st
     )
 
 
+SKIP_REASON_CHARS = 1000
+"""Longest ``*_skipped`` text kept in fidelity.json (a library's error can list thousands of tensor names)."""
+
+
+def bounded_reason(text: str, limit: int = SKIP_REASON_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (an ellipsis and the cut length noted), for ``*_skipped`` fields."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters cut)"
+
+
 def inception_group(sets: ImageSets, options: EvaluateOptions, wanted: tuple[str, ...], report: dict, log: Log) -> None:
     """Fill ``fid``/``kid``/``precision``/``recall`` (or their ``*_skipped`` reasons) in ``report``."""
     weights = inception.resolve_inception_weights(options.inception_weights, options.download_inception)
@@ -446,25 +483,26 @@ def inception_group(sets: ImageSets, options: EvaluateOptions, wanted: tuple[str
                     report[f"{key}_skipped"] = weights.skip_reason
         report["warnings"].append("FID/KID/precision/recall skipped: no Inception weights (see fid_skipped)")
         return
-    sha256 = inception.check_weights_file(weights.path)
-    standard = sha256 == inception.STANDARD_WEIGHTS_SHA256
-    if not standard:
-        report["warnings"].append(
-            f"Inception weights {weights.path} are not the standard torch-fidelity file (sha256 {sha256[:12]}… ≠ "
-            f"{inception.STANDARD_WEIGHTS_SHA256[:12]}…): FID/KID do not compare with published values"
-        )
-    log(f"Inception features ({len(sets.reference)} real + {len(sets.synthetic)} synthetic images)")
-    try:
-        values = inception.inception_metrics(
-            sets.reference, sets.synthetic, weights.path, metrics=wanted, seed=options.seed, progress=options.progress
-        )
-    except CxrsynthError as exc:
-        for group in wanted:
-            for key in INCEPTION_KEYS[group]:
-                if not key.endswith("_std"):
-                    report[f"{key}_skipped"] = exc.problem
-        report["warnings"].append(f"FID/KID/precision/recall skipped: {exc.problem}")
-        return
+    with inception.checked_weights(weights.path) as (checked, sha256):
+        standard = sha256 == inception.STANDARD_WEIGHTS_SHA256
+        if not standard:
+            report["warnings"].append(
+                f"Inception weights {weights.path} are not the standard torch-fidelity file (sha256 {sha256[:12]}… ≠ "
+                f"{inception.STANDARD_WEIGHTS_SHA256[:12]}…): FID/KID do not compare with published values"
+            )
+        log(f"Inception features ({len(sets.reference)} real + {len(sets.synthetic)} synthetic images)")
+        try:
+            values = inception.inception_metrics(
+                sets.reference, sets.synthetic, checked, metrics=wanted, seed=options.seed, progress=options.progress
+            )
+        except CxrsynthError as exc:
+            reason = bounded_reason(exc.problem)
+            for group in wanted:
+                for key in INCEPTION_KEYS[group]:
+                    if not key.endswith("_std"):
+                        report[f"{key}_skipped"] = reason
+            report["warnings"].append(f"FID/KID/precision/recall skipped: {reason}")
+            return
     for key in ("fid", "kid", "kid_std", "precision", "recall"):
         if key in values:
             report[key] = values[key]
@@ -605,8 +643,8 @@ def _skip_on_error(report: dict, group: str, fn: Callable[[], object]) -> object
     try:
         return _timed(report, group, fn)
     except CxrsynthError as exc:
-        report[f"{group}_skipped"] = exc.problem
-        report["warnings"].append(f"{group} skipped: {exc.problem}")
+        report[f"{group}_skipped"] = bounded_reason(exc.problem)
+        report["warnings"].append(f"{group} skipped: {bounded_reason(exc.problem)}")
         return None
 
 
