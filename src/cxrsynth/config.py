@@ -372,9 +372,9 @@ def load_run_config(run_dir: str | Path) -> tuple[TrainConfig, RunFacts]:
         raise CxrsynthError(f"{path} does not exist: {run_dir} is not a training run folder",
                             "point --run to a folder written by `cxrsynth train`")
     try:
-        document = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise CxrsynthError(f"{path} is not valid YAML ({exc})", "fix or delete it") from None
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise CxrsynthError(f"{path} is not valid UTF-8 YAML ({exc})", "fix or delete it") from None
     if not isinstance(document, dict) or "train" not in document or "facts" not in document:
         raise CxrsynthError(f"{path} lacks the 'train' and 'facts' sections", "it was not written by cxrsynth train")
     if document.get("format") != CONFIG_FORMAT:

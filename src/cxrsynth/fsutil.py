@@ -225,7 +225,8 @@ def folder_lock(folder: str | os.PathLike[str], command: str) -> Iterator[Path]:
     """Hold ``FOLDER/.cxrsynth.lock`` (``O_EXCL``; pid, host, command) while the body runs.
 
     A lock left by a process that died (same host, pid gone) is taken over; a live holder is
-    refused with its pid, so two ``train`` processes never write one run folder at once.
+    refused with its pid, so two ``train`` processes never write one run folder at once. A folder
+    this call created is removed again when the body left it empty (a refused new run leaves nothing).
 
     Args:
         folder: the folder to lock (created if missing).
@@ -241,6 +242,7 @@ def folder_lock(folder: str | os.PathLike[str], command: str) -> Iterator[Path]:
     import time
 
     target = Path(folder)
+    created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
     path = target / LOCK_FILE
     record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
@@ -260,6 +262,11 @@ def folder_lock(folder: str | os.PathLike[str], command: str) -> Iterator[Path]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             continue
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):
+                    target.rmdir()
+            raise
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         break
@@ -271,3 +278,6 @@ def folder_lock(folder: str | os.PathLike[str], command: str) -> Iterator[Path]:
         if _read_lock(path) == record:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        if created:
+            with contextlib.suppress(OSError):
+                target.rmdir()  # only when empty

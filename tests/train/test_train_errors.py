@@ -69,7 +69,7 @@ def test_checkpoint_pickle_is_refused_and_settings_cannot_change_on_resume(tmp_p
     torch.save(state, weights)  # what a careless copy from another tool might leave
     with pytest.raises(CxrsynthError, match="pickle.*never unpickles"):
         train(_config(tiny_prepared, max_steps=2), run, resume=True)
-    assert load_run_config(run)[0].max_steps == 2  # config records the requested length; nothing trained
+    assert load_run_config(run)[0].max_steps == 1  # validated before written: config.yaml keeps what was trained
     assert not (run / "checkpoints" / "step_0000002").exists()
 
 

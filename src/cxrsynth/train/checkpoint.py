@@ -186,50 +186,67 @@ def _partial_folder(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINTS_DIR / f".{checkpoint_name(step)}.partial"
 
 
+def _write_main_files(partial: Path, parts: TrainingParts) -> None:
+    """The main process's files of a checkpoint (weights, EMA, optimizer, then state.json), fsynced."""
+    accelerator = parts.accelerator
+    unet = parts.base_unet
+    save_file(_cpu_contiguous(unet.state_dict()), str(partial / UNET_FILE))
+    if parts.ema is not None:
+        names = [name for name, _ in unet.named_parameters()]
+        save_file(_cpu_contiguous(dict(zip(names, parts.ema.shadow_params))), str(partial / EMA_FILE))
+    optimizer_tensors, param_groups = _optimizer_tensors(parts.optimizer)
+    save_file(_cpu_contiguous(optimizer_tensors), str(partial / OPTIMIZER_FILE))
+    scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "step": parts.step,
+        "num_processes": accelerator.num_processes,
+        "draw_seed": parts.draw_seed,
+        "stream": parts.stream.state_dict(),
+        "lr_scheduler": parts.lr_scheduler.state_dict(),
+        "ema": _ema_scalars(parts),
+        "optimizer_param_groups": param_groups,
+        "grad_scaler": scaler,
+        "extra": parts.extra_state,
+    }
+    (partial / STATE_FILE).write_text(json.dumps(state, indent=1, default=_json_default, allow_nan=False))
+    for path in partial.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
 def save_checkpoint(run_dir: str | Path, parts: TrainingParts) -> Path:
     """Write the checkpoint of ``parts.step`` (call on every process; they synchronise).
 
     Returns:
         The final checkpoint folder.
+
+    Raises:
+        OSError: when the main process cannot write (disk full, read-only folder); the partial
+            folder is removed first, and earlier checkpoints are untouched.
     """
     accelerator = parts.accelerator
     run_dir = Path(run_dir)
     partial = _partial_folder(run_dir, parts.step)
     final = run_dir / CHECKPOINTS_DIR / checkpoint_name(parts.step)
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    _write_rng_state(partial, parts)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        unet = parts.base_unet
-        save_file(_cpu_contiguous(unet.state_dict()), str(partial / UNET_FILE))
-        if parts.ema is not None:
-            names = [name for name, _ in unet.named_parameters()]
-            save_file(_cpu_contiguous(dict(zip(names, parts.ema.shadow_params))), str(partial / EMA_FILE))
-        optimizer_tensors, param_groups = _optimizer_tensors(parts.optimizer)
-        save_file(_cpu_contiguous(optimizer_tensors), str(partial / OPTIMIZER_FILE))
-        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "step": parts.step,
-            "num_processes": accelerator.num_processes,
-            "draw_seed": parts.draw_seed,
-            "stream": parts.stream.state_dict(),
-            "lr_scheduler": parts.lr_scheduler.state_dict(),
-            "ema": _ema_scalars(parts),
-            "optimizer_param_groups": param_groups,
-            "grad_scaler": scaler,
-            "extra": parts.extra_state,
-        }
-        (partial / STATE_FILE).write_text(json.dumps(state, indent=1, default=_json_default, allow_nan=False))
-        for path in partial.iterdir():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        _write_rng_state(partial, parts)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _write_main_files(partial, parts)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(partial, final)
+    except BaseException:
+        # Disk full, a read-only folder, an interrupt: no half checkpoint stays behind (the previous
+        # complete one is untouched, so `--resume` continues from it once the cause is fixed).
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
     accelerator.wait_for_everyone()
     return final
 

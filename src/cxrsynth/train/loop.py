@@ -10,6 +10,7 @@ Only the main process writes files and shows the progress bar; every process run
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -36,6 +37,7 @@ from cxrsynth.config import (
 from cxrsynth.data.dataset import to_model_range
 from cxrsynth.data.prepared import PreparedData, load_prepared
 from cxrsynth.errors import CxrsynthError
+from cxrsynth.fsutil import folder_lock
 from cxrsynth.model.conditioning import LabelVocabulary, run_vocabulary
 from cxrsynth.model.presets import build_unet, check_preset_resolution, get_preset
 from cxrsynth.train.checkpoint import (
@@ -389,16 +391,32 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> Pat
     Raises:
         CxrsynthError: for invalid settings, unusable data, a preset that does not fit the data,
             an existing run without ``resume``, a resumed run whose data or settings differ,
-            a corrupt or unsafe checkpoint, or a diverging loss.
+            a corrupt or unsafe checkpoint (config.yaml is then left as it was), a diverging loss,
+            or a run folder another live process is training (``RUN/.cxrsynth.lock``).
     """
     config.validate()
     run_dir = Path(run_dir)
-    data, vocabulary = _load_training_data(config)
-    accelerator = make_accelerator(config, str(run_dir))
-    try:
-        return _run(config, run_dir, resume, data, vocabulary, accelerator)
-    finally:
-        _release_accelerate_state(accelerator)
+    with run_folder_lock(run_dir):
+        data, vocabulary = _load_training_data(config)
+        accelerator = make_accelerator(config, str(run_dir))
+        try:
+            return _run(config, run_dir, resume, data, vocabulary, accelerator)
+        finally:
+            _release_accelerate_state(accelerator)
+
+
+def run_folder_lock(run_dir: Path) -> contextlib.AbstractContextManager:
+    """The run folder's lock (:func:`cxrsynth.fsutil.folder_lock`), taken by the launcher's rank 0 only.
+
+    Under ``accelerate launch`` every process trains the same run: only global rank 0 (``RANK``)
+    holds the lock, and when it refuses, the launcher stops the other processes.
+
+    Raises:
+        CxrsynthError: when another live process holds the run folder.
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return folder_lock(run_dir, "cxrsynth train")
 
 
 def _release_accelerate_state(accelerator: Accelerator) -> None:
@@ -431,6 +449,10 @@ def _run(config: TrainConfig, run_dir: Path, resume: bool, data: PreparedData,
     facts = describe_run(config, data, accelerator.num_processes, vocabulary,
                          sum(p.numel() for p in parts.base_unet.parameters()), privacy, accelerator.device)
     check_run_folder(run_dir, config, facts, resume)  # every process: all fail alike, none waits forever
+    # Validate, then write: a checkpoint that cannot be loaded (truncated, a pickle, another
+    # model) must fail before config.yaml records settings the run never trained with.
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    warnings = load_checkpoint(checkpoint, parts) if checkpoint is not None else []
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         if canaries is not None:  # before config.yaml: a resumed canary run must find its canaries
@@ -439,9 +461,8 @@ def _run(config: TrainConfig, run_dir: Path, resume: bool, data: PreparedData,
         if vocabulary is not None:
             vocabulary.save(run_dir)
     accelerator.wait_for_everyone()
-    checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
-        for warning in load_checkpoint(checkpoint, parts):
+        for warning in warnings:
             accelerator.print(f"warning: {warning}")
         accelerator.print(f"resuming {run_dir} from {checkpoint.name}")
     elif resume:
