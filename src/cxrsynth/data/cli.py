@@ -123,7 +123,19 @@ def prepare_command(
         labels_csv=labels_csv,
         progress=progress,
     )
+    for warning in _meta_warnings(result):
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"prepared {result}; describe it with: cxrsynth data info {result}")
+
+
+def _meta_warnings(prepared: Path) -> list[str]:
+    """The ``warnings`` a prepared folder's meta.json records (empty when none)."""
+    import json
+
+    from cxrsynth.data.prepared import META_FILE
+
+    meta = json.loads((Path(prepared) / META_FILE).read_text(encoding="utf-8"))
+    return [str(warning) for warning in meta.get("warnings") or []]
 
 
 @data_app.command("info")

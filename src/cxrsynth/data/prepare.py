@@ -37,11 +37,11 @@ from cxrsynth.data.sources import FORMATS, PROBLEM_COLUMN, PixelTask, SourceList
 from cxrsynth.data.sources.chestmnist import list_chestmnist
 from cxrsynth.data.sources.dicom import list_dicom
 from cxrsynth.data.sources.folder import list_folder
-from cxrsynth.data.sources.imaging import CROP_METHOD, RESIZE_METHOD, SKIP_BAD_FIX, crop_and_resize
-from cxrsynth.data.sources.nih import list_nih, order_label_names
+from cxrsynth.data.sources.imaging import CROP_METHOD, RESIZE_METHOD, SKIP_BAD_FIX, crop_and_resize, geometry_warning
+from cxrsynth.data.sources.nih import NIH_FINDINGS, list_nih, order_label_names
 from cxrsynth.data.splits import assign_patient_splits, check_fraction
 from cxrsynth.errors import CxrsynthError
-from cxrsynth.fsutil import atomic_directory, atomic_write_json
+from cxrsynth.fsutil import atomic_directory, atomic_write_json, check_output_parent
 
 MIN_SIZE, MAX_SIZE = 8, 4096
 _BATCH_BYTES = 4 << 20  # pixels per worker batch: small enough to bound memory, big enough to amortise IPC
@@ -95,11 +95,16 @@ class PrepareOptions:
 
 
 def _decode_batch(batch: list[PixelTask], size: int) -> list[tuple[np.ndarray | None, str, str]]:
-    """Decode, crop and resize a batch; a bad image gives ``(None, problem, fix)`` instead of raising."""
+    """Decode, crop and resize a batch; a bad image gives ``(None, problem, fix)`` instead of raising.
+
+    A good image gives ``(image, note, "")``, ``note`` being its :func:`geometry_warning` (or "").
+    """
     results: list[tuple[np.ndarray | None, str, str]] = []
     for decode, payload in batch:
         try:
-            results.append((crop_and_resize(decode(payload), size), "", ""))
+            pixels = decode(payload)
+            note = geometry_warning(pixels.shape, size) if pixels.ndim == 2 and pixels.size else None
+            results.append((crop_and_resize(pixels, size), note or "", ""))
         except CxrsynthError as exc:
             results.append((None, exc.problem, exc.fix))
         except ValueError as exc:  # e.g. an image with no pixels
@@ -153,7 +158,8 @@ def decode_all(
         max_in_flight: batches submitted to the pool and not yet collected, at most.
 
     Yields:
-        ``(image, "", "")`` for a good image, ``(None, problem, fix)`` for a bad one.
+        ``(image, note, "")`` for a good image (``note``: its geometry warning, or ""), ``(None, problem, fix)``
+        for a bad one.
     """
     batch_size = max(1, min(32, _BATCH_BYTES // (size * size)))
     if pool is None:
@@ -295,7 +301,8 @@ def _package_version() -> str:
         return "unknown"
 
 
-def _meta(listing: SourceListing, options: PrepareOptions, index: pd.DataFrame, skipped: list[dict[str, str]]) -> dict:
+def _meta(listing: SourceListing, options: PrepareOptions, index: pd.DataFrame, skipped: list[dict[str, str]],
+          odd_geometry: list[dict[str, str]] | None = None) -> dict:
     findings = order_label_names(name for cell in index["labels"] for name in split_labels(cell))
     meta = {
         "source": str(Path(listing.source).resolve()),
@@ -317,12 +324,54 @@ def _meta(listing: SourceListing, options: PrepareOptions, index: pd.DataFrame, 
         "skipped_examples": skipped[:MAX_SKIPPED_EXAMPLES],
         "patient_ids": "real" if listing.patient_ids_real else "per-image",
         "limit": options.limit,
+        "odd_geometry": len(odd_geometry or []),
+        "odd_geometry_examples": (odd_geometry or [])[:MAX_SKIPPED_EXAMPLES],
+        "warnings": prepare_warnings(index, odd_geometry or []),
         "cxrsynth_version": _package_version(),
     }
     if not listing.patient_ids_real:
         meta["patient_ids_note"] = listing.patient_ids_note
     meta.update(listing.extra_meta)
     return meta
+
+
+def unknown_findings(index: pd.DataFrame) -> dict[str, int]:
+    """Finding names outside the 14 ChestX-ray14 findings, with their image counts (most frequent first)."""
+    counts: dict[str, int] = {}
+    for cell in index["labels"]:
+        for name in split_labels(cell):
+            if name not in NIH_FINDINGS:
+                counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def prepare_warnings(index: pd.DataFrame, odd_geometry: list[dict[str, str]]) -> list[str]:
+    """What meta.json ``warnings`` (and ``cxrsynth data prepare``) says about quietly surprising input.
+
+    * finding names that are not ChestX-ray14 findings (each becomes a class of a conditional run;
+      a typo becomes a class of its own), with the nearest known name when one is close;
+    * images that are upscaled (short side below the output size) or lose more than half to the crop.
+    """
+    import difflib
+
+    warnings: list[str] = []
+    unknown = unknown_findings(index)
+    if unknown:
+        described = []
+        for name, count in list(unknown.items())[:20]:
+            close = difflib.get_close_matches(name, NIH_FINDINGS, n=1, cutoff=0.8)
+            described.append(f"{name!r} ({count} image{'s' if count != 1 else ''}"
+                             + (f"; did you mean {close[0]!r}?" if close else "") + ")")
+        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        warnings.append(
+            f"{len(unknown)} finding name(s) are not ChestX-ray14 findings and will each be a class of their own: "
+            f"{', '.join(described)}{more}. Fix typos in the labels CSV, or train with --findings A,B,... to "
+            "choose the classes")
+    if odd_geometry:
+        warnings.append(
+            f"{len(odd_geometry)} image(s) are much smaller than the output size or far from square "
+            f"(first: {odd_geometry[0]['image_id']}: {odd_geometry[0]['problem']}); see meta.json odd_geometry_examples")
+    return warnings
 
 
 def refuse_existing_output(out: Path) -> None:
@@ -349,6 +398,7 @@ def write_prepared(listing: SourceListing, out: str | Path, options: PrepareOpti
     options.validate()
     out = Path(out)
     refuse_existing_output(out)
+    check_output_parent(out)
     records = limit_patients(listing.records.reset_index(drop=True), options.limit)
     records, skipped = _drop_bad_records(records, options.skip_bad)
     if records.empty:
@@ -358,6 +408,7 @@ def write_prepared(listing: SourceListing, out: str | Path, options: PrepareOpti
         writer = _RowWriter(tmp / IMAGES_FILE, len(records), options.size)
         good = np.zeros(len(records), dtype=bool)
         written = 0
+        odd_geometry: list[dict[str, str]] = []
         with contextlib.ExitStack() as stack:
             pool = stack.enter_context(decoding_pool(options.workers))
             results = stack.enter_context(
@@ -378,6 +429,8 @@ def write_prepared(listing: SourceListing, out: str | Path, options: PrepareOpti
                         raise CxrsynthError(problem, fix)
                     skipped.append({"image_id": str(records["image_id"].iat[position]), "problem": problem})
                     continue
+                if problem:
+                    odd_geometry.append({"image_id": str(records["image_id"].iat[position]), "problem": problem})
                 writer.write(written, image)
                 good[position] = True
                 written += 1
@@ -387,7 +440,7 @@ def write_prepared(listing: SourceListing, out: str | Path, options: PrepareOpti
         index = _index_frame(records[good])
         check_patient_splits(index, str(listing.source))
         index.to_csv(tmp / INDEX_FILE, index=False)
-        atomic_write_json(tmp / META_FILE, _meta(listing, options, index, skipped))
+        atomic_write_json(tmp / META_FILE, _meta(listing, options, index, skipped, odd_geometry))
     return out
 
 

@@ -28,7 +28,7 @@ from pydicom.pixels.processing import apply_voi, apply_windowing
 from tqdm import tqdm
 
 from cxrsynth.data.sources import PROBLEM_COLUMN, SOURCE_COLUMN, SourceListing, canonical_labels, read_csv_table
-from cxrsynth.data.sources.imaging import SKIP_BAD_FIX, scale_to_display_range
+from cxrsynth.data.sources.imaging import MAX_DECODE_PIXELS, SKIP_BAD_FIX, scale_to_display_range
 from cxrsynth.errors import CxrsynthError
 
 KEY_COLUMNS: tuple[str, ...] = ("file", "SOPInstanceUID")
@@ -158,14 +158,20 @@ def decode_dicom(path: str) -> np.ndarray:
     problem = _decoder_problem(transfer_syntax) if transfer_syntax is not None else None
     if problem:
         raise CxrsynthError(f"DICOM file {path} cannot be decoded: {problem}", "pip install the package(s) named above")
+    # Checked from the header, before decoding: a multi-frame or huge file must not be decoded to be refused.
+    if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+        raise CxrsynthError(f"DICOM file {path} has several frames; cxrsynth reads single-frame radiographs", SKIP_BAD_FIX)
+    pixels_in_header = int(dataset.get("Rows", 0) or 0) * int(dataset.get("Columns", 0) or 0)
+    if pixels_in_header > MAX_DECODE_PIXELS:
+        raise CxrsynthError(
+            f"DICOM file {path} is {dataset.get('Columns')}×{dataset.get('Rows')} pixels, above the decoding budget "
+            f"of {MAX_DECODE_PIXELS:,} pixels", SKIP_BAD_FIX)
     try:
         pixels = dataset.pixel_array
     except Exception as exc:  # decoders raise many types on broken pixel data
         raise CxrsynthError(
             f"DICOM file {path}: pixel data cannot be decoded ({type(exc).__name__}: {exc})", SKIP_BAD_FIX
         ) from None
-    if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
-        raise CxrsynthError(f"DICOM file {path} has several frames; cxrsynth reads single-frame radiographs", SKIP_BAD_FIX)
     if int(dataset.get("SamplesPerPixel", 1)) > 1:
         # colour files (secondary captures) are display-ready: take their luminance
         luminance = pixels[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])

@@ -1,7 +1,7 @@
 """A plain folder of PNG/JPEG radiographs, with an optional labels CSV.
 
-With ``--labels-csv`` the CSV lists the images: columns ``file`` (path relative to SRC, or
-absolute), ``patient_id`` and optionally ``labels`` (finding names joined by ``|``; empty or
+With ``--labels-csv`` the CSV lists the images: columns ``file`` (path relative to SRC, which may
+not leave it — ``../../etc/passwd`` is refused —, or absolute), ``patient_id`` and optionally ``labels`` (finding names joined by ``|``; empty or
 ``No Finding`` when none). Files under SRC that the CSV does not name are ignored (their count is
 recorded). Without a CSV every PNG/JPEG under SRC (recursive) is an image, each image is its own
 patient, and every image is labelled ``No Finding`` — meta.json says both.
@@ -50,6 +50,16 @@ def _listing_without_csv(root: Path) -> SourceListing:
     )
 
 
+def _path_problem(name: str, path: Path, root: Path, labels_csv: Path) -> str | None:
+    """Why a CSV ``file`` cannot be used (None when fine): missing, or a relative path that leaves SRC."""
+    if not Path(name).is_absolute() and not path.resolve().is_relative_to(root.resolve()):
+        return (f"{name!r} in {labels_csv} leaves the source folder {root}; relative paths must stay inside it "
+                "(give an absolute path to use a file elsewhere on purpose)")
+    if not path.is_file():
+        return f"{path} is listed in {labels_csv} but does not exist"
+    return None
+
+
 def _listing_with_csv(root: Path, labels_csv: Path) -> SourceListing:
     table = read_csv_table(labels_csv, CSV_COLUMNS, "folder labels CSV", _CSV_FIX).dropna(subset=["file"])
     if table.empty:
@@ -72,7 +82,7 @@ def _listing_with_csv(root: Path, labels_csv: Path) -> SourceListing:
             "labels": [canonical_labels(cell) for cell in labels],
             "file": files.tolist(),
             SOURCE_COLUMN: [str(path) for path in paths],
-            PROBLEM_COLUMN: [None if path.is_file() else f"{path} is listed in {labels_csv} but does not exist" for path in paths],
+            PROBLEM_COLUMN: [_path_problem(name, path, root, labels_csv) for name, path in zip(files, paths)],
         }
     )
     listed = {path.resolve() for path in paths}

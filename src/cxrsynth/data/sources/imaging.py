@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cxrsynth.errors import CxrsynthError
 
@@ -56,8 +56,18 @@ def grayscale_from_pil(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
+MAX_DECODE_PIXELS = 40_000_000
+"""Largest image (width × height) decoded: ~6300², above any clinical radiograph. A 12000² 16-bit PNG
+is 300 KB on disk when flat but 1.7 GB once decoded per worker; such a file is refused before decoding."""
+
+
 def decode_image_file(path: str) -> np.ndarray:
-    """Decode a PNG/JPEG (or any Pillow-readable) file to a grayscale array.
+    """Decode a PNG/JPEG (or any Pillow-readable) file to a grayscale array, upright.
+
+    The EXIF orientation tag is applied (``ImageOps.exif_transpose``): a photo or scanner JPEG
+    stored sideways with a rotation tag is prepared the way viewers show it. An image above
+    :data:`MAX_DECODE_PIXELS` is refused from its header, before any pixel is decoded, so a tiny
+    compressed file cannot take gigabytes of memory in each decoding worker.
 
     Args:
         path: the image file.
@@ -66,16 +76,41 @@ def decode_image_file(path: str) -> np.ndarray:
         ``uint8`` or ``float32`` 2-D array, as :func:`grayscale_from_pil`.
 
     Raises:
-        CxrsynthError: when the file is missing, truncated or not an image, naming it.
+        CxrsynthError: when the file is missing, truncated, not an image, or too large, naming it.
     """
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_DECODE_PIXELS:
+                raise CxrsynthError(
+                    f"image file {path} is {width}×{height} pixels, above the decoding budget of "
+                    f"{MAX_DECODE_PIXELS:,} pixels (a decompression bomb, or a scan far larger than any radiograph)",
+                    "downscale it below ~6000×6000 first, or " + SKIP_BAD_FIX.replace("replace or remove the file, or ", ""),
+                )
             image.load()
-            return grayscale_from_pil(image)
+            upright = ImageOps.exif_transpose(image)
+            return grayscale_from_pil(upright)
+    except CxrsynthError:
+        raise
     except FileNotFoundError:
         raise CxrsynthError(f"image file {path} is missing", SKIP_BAD_FIX) from None
     except Exception as exc:  # Pillow raises many types for broken files; all mean "unreadable"
         raise CxrsynthError(f"image file {path} cannot be decoded ({type(exc).__name__}: {exc})", SKIP_BAD_FIX) from None
+
+
+def geometry_warning(shape: tuple[int, int], size: int) -> str | None:
+    """Why an image of ``shape`` (height, width) prepares badly at ``size``², or None when it is fine.
+
+    Flags an image whose short side is below ``size`` (it is upscaled: blur, no detail) and one whose
+    long side is over twice its short side (the centre square drops more than half of it).
+    """
+    height, width = shape
+    short, long = min(height, width), max(height, width)
+    if short < size:
+        return f"{width}×{height} is smaller than {size}×{size}: upscaled"
+    if long > 2 * short:
+        return f"{width}×{height} has aspect ratio {long / short:.1f}: the centre square crop drops {1 - short / long:.0%} of it"
+    return None
 
 
 def center_square(pixels: np.ndarray) -> np.ndarray:

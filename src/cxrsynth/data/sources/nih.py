@@ -88,8 +88,17 @@ def index_nih_images(src: Path) -> dict[str, Path]:
 
 
 def read_list_file(path: Path) -> set[str]:
-    """Image names of a ChestX-ray14 list file (one a line; blank lines ignored)."""
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    """Image names of a ChestX-ray14 list file (one a line; blank lines ignored).
+
+    Raises:
+        CxrsynthError: when the file is not UTF-8 text.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CxrsynthError(f"{path} is not UTF-8 text ({exc})",
+                            f"it should list image names such as 00000001_000.png, one a line; fix or delete {path.name}") from None
+    return {line.strip() for line in text.splitlines() if line.strip()}
 
 
 def _parse_age(ages: pd.Series) -> pd.Series:
@@ -100,6 +109,8 @@ def _parse_age(ages: pd.Series) -> pd.Series:
 def _read_entries(csv_path: Path) -> pd.DataFrame:
     table = read_csv_table(csv_path, REQUIRED_COLUMNS, "NIH labels CSV", _SRC_FIX)
     table = table.dropna(subset=["Image Index"])
+    # " 00000001_000.png" and "00000001_000.png" are one image: strip before checking duplicates.
+    table["Image Index"] = table["Image Index"].str.strip()
     missing_patient = table["Patient ID"].isna()
     if missing_patient.any():
         raise CxrsynthError(
