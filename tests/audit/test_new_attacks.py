@@ -197,6 +197,10 @@ def test_gsa_features_equal_hand_computed_gradient_norms() -> None:
         assert np.exp(gsa2[row, k * len(names) + column]) == pytest.approx(float(gradient.norm()), rel=1e-4)
     (gradient,) = torch.autograd.grad(torch.stack(losses).mean(), parameter)
     assert np.exp(gsa1[row, column]) == pytest.approx(float(gradient.norm()), rel=1e-4)
+    unet.requires_grad_(False)  # the audit loads a frozen UNet: every tensor still gets its gradient
+    frozen_first, frozen_second, _ = gradient_features(context_of(images, unet, class_labels=class_labels))
+    np.testing.assert_allclose(frozen_first, gsa1, rtol=1e-6)
+    np.testing.assert_allclose(frozen_second, gsa2, rtol=1e-6)
 
 
 def test_gsa_scores_are_honest_on_an_untrained_model_and_cost_what_they_claim() -> None:
@@ -229,3 +233,14 @@ def test_sima_and_gsa_catch_an_overfit_model(overfit_run: Path) -> None:  # noqa
     for name in ("sima", "gsa"):
         assert report["attacks"][name]["auc"] >= 0.9
     assert report["attacks"]["sima"]["selected"]["timestep"] in SIMA_CANDIDATES
+
+
+@pytest.mark.parametrize("name", ["gsa", "loss", "sima"])
+def test_attacks_that_fit_on_calibration_refuse_a_one_class_calibration_half(name: str) -> None:
+    from cxrsynth.errors import CxrsynthError
+
+    context = context_of(random_images(6), tiny_unet(size=SIZE))
+    context.calibration_is_member = np.ones(len(context.calibration_rows), dtype=bool)
+    with pytest.raises(CxrsynthError, match="members and non-members"):
+        get_attack(name).score(context)
+    assert context.model.image_forwards == 0

@@ -74,6 +74,9 @@ def select_timestep(context: AttackContext, candidates: Sequence[int], score_at:
     """
     rows = np.asarray(context.calibration_rows, dtype=np.int64)
     labels = np.asarray(context.calibration_is_member).astype(bool)
+    if labels.all() or not labels.any():
+        raise CxrsynthError("choosing the timestep needs members and non-members in the calibration half",
+                            "pass --timestep to fix t")
     table: dict[int, float] = {}
     best: tuple[float, int, np.ndarray] | None = None
     for t in candidates:

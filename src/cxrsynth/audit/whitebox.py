@@ -99,8 +99,11 @@ class WhiteBoxModel:
         return epsilon_from_output(self.scheduler, output.float(), noisy.to(self.device).float(), timesteps)
 
     def gradient_layer_names(self) -> list[str]:
-        """Names of the UNet's trainable parameter tensors: the columns of :meth:`loss_gradient_norms`."""
-        return [name for name, parameter in self.unet.named_parameters() if parameter.requires_grad]
+        """Names of the UNet's parameter tensors: the columns of :meth:`loss_gradient_norms`.
+
+        Every parameter counts, whether or not ``requires_grad`` is set (the audit loads a frozen UNet).
+        """
+        return [name for name, _ in self.unet.named_parameters()]
 
     def loss_gradient_norms(self, clean: torch.Tensor, timesteps: tuple[int, ...], rows: np.ndarray,
                             noise: torch.Tensor, chunk_images: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,9 +135,8 @@ class WhiteBoxModel:
         if tuple(noise.shape) != (count, steps, *clean.shape[1:]):
             raise ValueError(f"noise must be {(count, steps, *clean.shape[1:])}, got {tuple(noise.shape)}")
         names = self.gradient_layer_names()
-        parameters = {name: p.detach() for name, p in self.unet.named_parameters() if name in set(names)}
-        frozen = {name: p.detach() for name, p in self.unet.named_parameters() if name not in parameters}
-        frozen.update({name: b for name, b in self.unet.named_buffers()})
+        parameters = {name: p.detach() for name, p in self.unet.named_parameters()}
+        frozen = dict(self.unet.named_buffers())
         alpha_bar = torch.tensor([self.alpha_bar(t) for t in timesteps], dtype=torch.float32, device=self.device)
         step_tensor = torch.tensor([int(t) for t in timesteps], dtype=torch.long, device=self.device)
         labels_all = None

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from cxrsynth.audit.registry import NEEDS_MODEL, AttackContext, register_attack
+from cxrsynth.errors import CxrsynthError
 
 NOISE_STREAM = 107
 """Noise stream of GSA's draws (draw k for the k-th timestep)."""
@@ -46,8 +47,10 @@ TIMESTEPS_COUNT = 5
 """Timesteps per image (the paper's setting)."""
 REGULARISATION_C = 0.1
 """Inverse L2 strength of the logistic regression on standardised log-norms."""
-GRADIENT_MEMORY_BYTES = 256 * 2**20
-"""Budget of one chunk's per-sample gradients (float32 copies of the weights)."""
+GRADIENT_MEMORY_BYTES = 32 * 2**20
+"""Budget of one chunk's per-sample gradient copies. Activations of the vmapped forward/backward cost
+more than the gradients (tiny preset at 32²: +170 MiB peak for 1 image × 5 timesteps, +600 MiB for 4,
++1.7 GiB for 12), so the budget is small: one image per chunk for the tiny preset and larger models."""
 LOG_FLOOR = 1e-30
 """Added before the logarithm: a parameter tensor can get an exactly zero gradient."""
 
@@ -57,9 +60,11 @@ def gsa_timesteps(num_train_timesteps: int, count: int = TIMESTEPS_COUNT) -> tup
     return tuple(int((2 * k + 1) * num_train_timesteps // (2 * count)) for k in range(count))
 
 
-def chunk_images(parameter_count: int, steps: int, budget: int = GRADIENT_MEMORY_BYTES) -> int:
-    """Images per vmapped chunk so that ``images × steps`` float32 gradient copies fit ``budget`` bytes (≥ 1)."""
-    return max(1, int(budget // (4 * parameter_count * steps)))
+def chunk_images(parameter_count: int, steps: int, budget: int | None = None) -> int:
+    """Images per vmapped chunk so that ``images × steps`` float32 gradient copies fit ``budget`` bytes
+    (default :data:`GRADIENT_MEMORY_BYTES`); at least 1."""
+    budget = GRADIENT_MEMORY_BYTES if budget is None else budget
+    return max(1, int(budget // (4 * max(1, parameter_count) * steps)))
 
 
 def gradient_features(context: AttackContext) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
@@ -70,7 +75,7 @@ def gradient_features(context: AttackContext) -> tuple[np.ndarray, np.ndarray, t
     """
     model, settings = context.model, context.settings
     steps = gsa_timesteps(model.num_train_timesteps)
-    parameter_count = sum(p.numel() for p in model.unet.parameters() if p.requires_grad)
+    parameter_count = sum(p.numel() for p in model.unet.parameters())
     chunk = chunk_images(parameter_count, len(steps))
     first, second = [], []
     with warnings.catch_warnings():
@@ -126,6 +131,9 @@ def gsa_scores(context: AttackContext) -> np.ndarray:
 
     rows = np.asarray(context.calibration_rows, dtype=np.int64)
     labels = np.asarray(context.calibration_is_member).astype(int)
+    if len(np.unique(labels)) < 2:
+        raise CxrsynthError("gsa fits its classifier on the calibration half, which needs members and non-members",
+                            "audit with cxrsynth audit, or use an attack without a fitted model (e.g. loss)")
     seed = context.settings.seed
     gsa1, gsa2, steps = gradient_features(context)
     results = {name: fitted_scores(features, rows, labels, seed) for name, features in (("gsa1", gsa1), ("gsa2", gsa2))}
