@@ -281,3 +281,15 @@ def folder_lock(folder: str | os.PathLike[str], command: str) -> Iterator[Path]:
         if created:
             with contextlib.suppress(OSError):
                 target.rmdir()  # only when empty
+
+
+def plain_permissions(folder: str | os.PathLike[str]) -> None:
+    """Give every file and folder under ``folder`` the permissions a plain ``open``/``mkdir`` would (the umask decides).
+
+    safetensors creates its files 0600; a model folder meant to be shared (``RUN/pipeline``)
+    should be readable like every other output.
+    """
+    root = Path(folder)
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            _plain_mode(path, directory=path.is_dir())

@@ -34,7 +34,7 @@ from PIL import Image
 from cxrsynth.data.dataset import to_uint8
 from cxrsynth.dicom_export import SyntheticSeries, new_synthetic_series, write_synthetic_dicom
 from cxrsynth.errors import CxrsynthError
-from cxrsynth.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from cxrsynth.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_parent
 from cxrsynth.model.conditioning import LabelVocabulary
 from cxrsynth.model.samplers import DEFAULT_STEPS, SAMPLERS, check_steps, sample_batch
 
@@ -543,6 +543,7 @@ def generate_samples(
     check_steps(sampler, steps, int(model.scheduler.config.num_train_timesteps))
 
     out_dir = Path(out) if out is not None else Path(run) / "samples"
+    check_output_parent(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     from cxrsynth.train.canaries import run_canary_count
 

@@ -13,6 +13,31 @@ from typing import Iterable, Sequence
 from cxrsynth.report import coverage
 
 
+_MARKDOWN_SPECIAL = "\\`*_{}[]()!|~>"
+
+
+def md_text(value: object) -> str:
+    """``value`` as literal Markdown text: HTML (``&``, ``<``, ``>``) entity-escaped, Markdown syntax backslash-escaped.
+
+    Finding names and paths come from the user's data: ``<img src=x onerror=...>`` or ``**x**`` in a
+    labels CSV must show as typed, not render (or run) in whatever displays the card.
+    """
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;")
+    text = "".join(f"\\{char}" if char in _MARKDOWN_SPECIAL else char for char in text)
+    return text.replace("\n", " ")
+
+
+def md_code(value: object) -> str:
+    """``value`` as an inline code span, fenced with more backticks than it contains (so it cannot close early)."""
+    import re
+
+    text = str(value).replace("\n", " ")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _cell(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
@@ -68,7 +93,7 @@ def _training_data(contents) -> list[str]:
         return lines + [f"The prepared data was not available when this card was written "
                         f"({contents.stages['data'].summary}).", ""]
     meta = contents.data.meta
-    lines.append(f"Source `{meta.get('source', '?')}` (format {summary['format']}), prepared at "
+    lines.append(f"Source {md_code(meta.get('source', '?'))} (format {md_text(summary['format'])}), prepared at "
                  f"{summary['size']}×{summary['size']}. Splits are by patient; the model trained only on `member`.")
     lines.append("")
     rows = [(split, counts["images"], counts["patients"]) for split, counts in summary["splits"].items()]
@@ -77,7 +102,8 @@ def _training_data(contents) -> list[str]:
     if dp:
         lines += [f"{coverage.MARK} {coverage.MEMBER_IMAGES_LABEL}.", ""]
     if summary.get("label_names"):
-        lines += [f"Findings: {', '.join(summary['label_names'])}" + (f" ({coverage.FINDINGS_LABEL})." if dp else "."), ""]
+        names = ", ".join(md_text(name) for name in summary["label_names"])
+        lines += [f"Findings: {names}" + (f" ({coverage.FINDINGS_LABEL})." if dp else "."), ""]
     return lines
 
 

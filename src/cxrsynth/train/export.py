@@ -18,7 +18,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from cxrsynth.data.dataset import to_uint8
-from cxrsynth.fsutil import atomic_directory, atomic_write_bytes
+from cxrsynth.fsutil import atomic_directory, atomic_write_bytes, plain_permissions
 from cxrsynth.model.conditioning import LabelVocabulary
 from cxrsynth.model.samplers import sample_batch
 
@@ -90,4 +90,5 @@ def export_pipeline(
         DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(folder, safe_serialization=True)
         if vocabulary is not None:
             vocabulary.save(folder)
+        plain_permissions(folder)  # safetensors writes 0600: the model is meant to be shared like the rest
     return target
