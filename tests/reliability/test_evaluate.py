@@ -134,3 +134,16 @@ def test_corrupt_sample_settings_json(run: Path, capsys) -> None:
     settings.write_text("{not json")
     result = run_cli(["sample", "--run", str(run), "--num-images", "9", "--device", "cpu"], capsys)
     assert_clear_error(result, settings.name)
+
+
+def test_audit_on_moved_data(run: Path, tmp_path: Path, capsys) -> None:
+    """The prepared data moved after training: the error names the folder and --data, and no other stage."""
+    config = run / "config.yaml"
+    text = config.read_text()
+    data_line = next(line for line in text.splitlines() if line.strip().startswith("data:"))
+    config.write_text(text.replace(data_line, data_line.split("data:")[0] + f"data: {tmp_path / 'moved_away'}"))
+    audit_before = sorted(path.name for path in (run / "audit").iterdir())
+    result = run_cli(["audit", "--run", str(run), "--device", "cpu"], capsys)
+    assert_clear_error(result, "moved_away", "does not exist", "--data DATA")
+    assert "evaluate" not in result.text.lower()
+    assert sorted(path.name for path in (run / "audit").iterdir()) == audit_before

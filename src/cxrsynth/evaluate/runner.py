@@ -254,7 +254,8 @@ def load_run_data(run_dir: Path, override: Path | None) -> PreparedData:
     try:
         return load_prepared(path)
     except CxrsynthError as exc:
-        raise CxrsynthError(exc.problem, f"{exc.fix}; or pass --data DATA to evaluate against another folder") from None
+        # Shared by evaluate, audit, release and report: the fix names no one stage.
+        raise CxrsynthError(exc.problem, f"{exc.fix}; or, if the data moved, pass --data DATA (its new location)") from None
 
 
 @dataclass(frozen=True)
