@@ -75,8 +75,8 @@ def test_selection_chooses_the_separating_t_and_scores_evaluation_rows_only_at_i
     choice = context.choices["probe"]
     assert choice["timestep"] == 50
     assert choice["candidates"] == list(TIMESTEP_CANDIDATES)
-    assert choice["calibration_auc"][50] == 1.0
-    assert all(abs(auc - 0.5) < 0.45 for t, auc in choice["calibration_auc"].items() if t != 50)
+    assert choice["calibration_auc"]["50"] == 1.0
+    assert all(abs(auc - 0.5) < 0.45 for t, auc in choice["calibration_auc"].items() if t != "50")
     calibration = set(int(r) for r in context.calibration_rows)
     evaluation_calls = [t for t, rows in calls if not set(rows) <= calibration]
     assert evaluation_calls == [50]  # the evaluation half is scored once, at the chosen t
@@ -99,7 +99,7 @@ def test_selection_never_looks_at_evaluation_membership() -> None:
     relabelled = context_of(images, tiny_unet(size=SIZE))
     relabelled.calibration_is_member = np.arange(len(relabelled.calibration_rows)) % 4 < 2
     scores_at_selected_timestep(relabelled, "probe", "higher", separating_score([]), TIMESTEP_CANDIDATES)
-    assert relabelled.choices["probe"]["calibration_auc"][50] < 0.8
+    assert relabelled.choices["probe"]["calibration_auc"]["50"] < 0.8
 
 
 def test_selection_takes_either_direction_and_breaks_ties_by_candidate_order() -> None:

@@ -26,6 +26,8 @@ from tests.audit.test_attacks import tiny_unet
 from tests.factories import make_prepared_folder
 
 WHITE_BOX = ("loss", "recon", "secmi", "pia", "pian")
+LATER_WHITE_BOX = ("sima", "gsa")
+"""White-box attacks registered after ``blind``."""
 
 
 def write_untrained_run(root: Path, size: int = 16, widths: tuple[int, int] = (32, 64)) -> Path:
@@ -95,7 +97,7 @@ def test_audit_without_samples_writes_every_file_and_skips_black_box_attacks(tmp
     report = audit_run(run, AuditOptions(data=data, noise_draws=1, device="cpu"))
     assert sorted(path.name for path in (run / "audit").iterdir()) == ["audit.json", "memorization.png", "roc.png", "scores.csv"]
     assert json.loads((run / "audit" / "audit.json").read_text()) == report
-    assert set(report["attacks"]) == {*WHITE_BOX, "blind"}
+    assert set(report["attacks"]) == {*WHITE_BOX, "blind", *LATER_WHITE_BOX}
     assert set(report["skipped_attacks"]) == {"nn", "nn_domain", "lira", "lira_offline", "rmia", "rmia_offline"}
     assert "--reference-models" in report["skipped_attacks"]["lira"]
     assert "no synthetic images" in report["skipped_attacks"]["nn"]
@@ -103,18 +105,20 @@ def test_audit_without_samples_writes_every_file_and_skips_black_box_attacks(tmp
     assert report["delta"] == 1e-3 and report["delta_source"] == "privacy.json"
     assert report["n_members"] == report["n_nonmembers"] == 8
     assert report["n_evaluation"] == {"members": 4, "nonmembers": 4}
-    for name in WHITE_BOX:
+    for name in (*WHITE_BOX, *LATER_WHITE_BOX):
         result = report["attacks"][name]
-        assert result["nfe_per_image"] == {"loss": 1, "recon": 1, "secmi": 11, "pia": 2, "pian": 2}[name]
+        # loss, pia, pian and sima choose t on the calibration half (half the images, at 7 or 6 candidates)
+        assert result["nfe_per_image"] == {"loss": 4, "recon": 1, "secmi": 11, "pia": 5, "pian": 5, "sima": 3.5,
+                                           "gsa": 5}[name]
         assert result["tpr_at_1pct_fpr"] is None and result["notes"]
     assert isinstance(report["verdict"], str) and "Blind check" in report["verdict"]
     with (run / "audit" / "scores.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 16 and list(rows[0]) == ["image_id", "patient_id", "split", "member", "half", "image_level", *WHITE_BOX, "blind"]
+    assert len(rows) == 16 and list(rows[0]) == ["image_id", "patient_id", "split", "member", "half", "image_level", *WHITE_BOX, "blind", *LATER_WHITE_BOX]
     assert {row["split"] for row in rows} == {"member", "holdout"}
     assert all(row["member"] == ("1" if row["split"] == "member" else "0") for row in rows)
     assert (run / "audit" / "roc.png").read_bytes()[:4] == b"\x89PNG"
-    assert report["power"]["n_members"] == 4 and report["power"]["n_tests"] == 2 * len(WHITE_BOX)
+    assert report["power"]["n_members"] == 4 and report["power"]["n_tests"] == 2 * len(WHITE_BOX + LATER_WHITE_BOX)
     assert report["power"]["text"] in report["verdict"]
     assert report["patient_ids"] == {"real": True, "understates_leakage": False, "note": None}
 

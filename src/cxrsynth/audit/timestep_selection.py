@@ -100,7 +100,7 @@ def scores_at_selected_timestep(context: AttackContext, name: str, member_if: st
     ``context.choices[name] = {"timestep": t, "selected_by": "--timestep"}``. Otherwise the
     calibration rows are scored at every candidate (:func:`select_timestep`), the evaluation rows
     only at the chosen t, and ``context.choices[name]`` records ``timestep``, ``candidates``,
-    ``calibration_auc`` ({t: AUC in the published direction}) and ``selected_by``.
+    ``calibration_auc`` ({str(t): AUC in the published direction}) and ``selected_by``.
 
     Args:
         context: the attack's context.
@@ -131,7 +131,8 @@ def scores_at_selected_timestep(context: AttackContext, name: str, member_if: st
         scores[evaluation] = score_at(chosen, evaluation)
     context.choices[name] = {
         "timestep": chosen, "candidates": steps,
-        "calibration_auc": {int(t): float(auc) for t, auc in table.items()},
+        # string keys: audit.json round-trips them unchanged
+        "calibration_auc": {str(t): float(auc) for t, auc in table.items()},
         "selected_by": "calibration half: largest |AUC - 0.5|",
     }
     return scores
