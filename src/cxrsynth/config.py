@@ -374,7 +374,8 @@ def load_run_config(run_dir: str | Path) -> tuple[TrainConfig, RunFacts]:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CxrsynthError(f"{path} is not valid UTF-8 YAML ({exc})", "fix or delete it") from None
+        raise CxrsynthError(f"{path} is not valid UTF-8 YAML ({exc})",
+                            "restore it (cxrsynth train writes it as UTF-8 YAML); the run cannot be resumed without it") from None
     if not isinstance(document, dict) or "train" not in document or "facts" not in document:
         raise CxrsynthError(f"{path} lacks the 'train' and 'facts' sections", "it was not written by cxrsynth train")
     if document.get("format") != CONFIG_FORMAT:

@@ -155,8 +155,8 @@ def os_error_message(exc: OSError) -> CxrsynthError | None:
     if exc.errno in _SPACE_ERRNOS:
         return CxrsynthError(
             f"no space left while writing {where} ({reason}); nothing half-written was kept",
-            "free disk space (or choose an output folder on another disk) and run the command again; "
-            "`cxrsynth train --resume` continues from the last complete checkpoint",
+            "free disk space (or choose an output folder on another disk) and run the same command again "
+            "(`train --resume` continues from the last complete checkpoint; `sample` makes only the missing images)",
         )
     if exc.errno in _PERMISSION_ERRNOS:
         return CxrsynthError(

@@ -20,7 +20,7 @@ def run(tiny_run: Path, tmp_path: Path) -> Path:
 
 def _release(run: Path, out: Path, *extra: str) -> list[str]:
     return ["release", "--run", str(run), "--out", str(out), "--num-images", "2", "--steps", "1",
-            "--device", "cpu", *extra]
+            "--reid-steps", "5", "--device", "cpu", *extra]
 
 
 def test_overwrite_out_is_the_run_folder(run: Path, capsys) -> None:
@@ -88,9 +88,9 @@ def test_disk_full_while_writing_the_release(run: Path, tmp_path: Path, capsys, 
 def test_overwrite_a_previous_release(run: Path, tmp_path: Path, capsys) -> None:
     """--overwrite still replaces what it is for: a folder an earlier release wrote."""
     out = tmp_path / "out"
-    first = run_cli(_release(run, out, "--reid-steps", "5"), capsys)
+    first = run_cli(_release(run, out), capsys)
     assert first.code == 0, first.text
     (out / "stale.txt").write_text("from the first release")
-    again = run_cli(_release(run, out, "--reid-steps", "5", "--overwrite"), capsys)
+    again = run_cli(_release(run, out, "--overwrite"), capsys)
     assert again.code == 0, again.text
     assert (out / "release.json").is_file() and not (out / "stale.txt").exists() and leftovers(tmp_path) == []
