@@ -208,12 +208,20 @@ def _read_lock(path: Path) -> dict[str, Any] | None:
     return holder if isinstance(holder, dict) else None
 
 
-def _lock_is_stale(holder: dict[str, Any] | None) -> bool:
-    """A lock whose holder is known to be gone: this host, and no process with its pid (or an unreadable lock)."""
-    import socket
+_UNREADABLE_LOCK_GRACE_S = 10.0
+"""An empty or torn lock younger than this may be one another process is still writing: not stale yet."""
 
-    if holder is None:
-        return True  # a crash between create and write: empty or torn JSON
+
+def _lock_is_stale(holder: dict[str, Any] | None, path: Path) -> bool:
+    """A lock whose holder is known to be gone: this host and no process with its pid, or unreadable for a while."""
+    import socket
+    import time
+
+    if holder is None:  # a crash between create and write leaves empty or torn JSON
+        try:
+            return time.time() - path.stat().st_mtime > _UNREADABLE_LOCK_GRACE_S
+        except FileNotFoundError:
+            return True
     if holder.get("host") != socket.gethostname():
         return False  # another machine on a shared disk: its pid says nothing here
     pid = holder.get("pid")
@@ -252,7 +260,8 @@ def folder_lock(folder: str | os.PathLike[str], command: str) -> Iterator[Path]:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             holder = _read_lock(path)
-            if not _lock_is_stale(holder):
+            if not _lock_is_stale(holder, path):
+                holder = holder or {}
                 raise CxrsynthError(
                     f"{target} is in use by {holder.get('command', 'another process')} (pid {holder.get('pid')} on "
                     f"{holder.get('host')}, since {holder.get('started')}); two processes writing one run folder "

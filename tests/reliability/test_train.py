@@ -208,3 +208,36 @@ def test_new_run_refused_leaves_no_folder(data: Path, tmp_path: Path, capsys) ->
     result = run_cli(_train_args(data, run)[:5] + ["--preset", "no-such-preset", "--max-steps", "2"], capsys)
     assert_clear_error(result, "no-such-preset")
     assert not run.exists()
+
+
+def test_resume_in_a_read_only_run_folder(run: Path, capsys, monkeypatch) -> None:
+    """No write permission in the run folder (EACCES, injected: the tests may run as root): a clear error, nothing changed."""
+    import cxrsynth.fsutil as fsutil
+
+    def denied(*_args, dir=None, **_kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+
+    monkeypatch.setattr(fsutil.tempfile, "mkstemp", denied)
+    before = tree_digest(run)
+    result = run_cli(_resume_args(run), capsys)
+    assert_clear_error(result, "permission denied", "writable")
+    assert tree_digest(run) == before and not (run / LOCK_FILE).exists()
+
+
+def test_empty_lock_file(tmp_path: Path) -> None:
+    """An empty lock (a holder killed between creating and writing it): refused while young, taken over once old."""
+    from cxrsynth.errors import CxrsynthError
+    from cxrsynth.fsutil import folder_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = run / LOCK_FILE
+    lock.write_text("")
+    with pytest.raises(CxrsynthError, match="in use by another process"):
+        with folder_lock(run, "cxrsynth train"):
+            pass
+    assert lock.read_text() == ""
+    os.utime(lock, (lock.stat().st_atime - 60, lock.stat().st_mtime - 60))
+    with folder_lock(run, "cxrsynth train") as held:
+        assert json.loads(held.read_text())["pid"] == os.getpid()
+    assert not lock.exists() and run.is_dir()
