@@ -5,7 +5,7 @@ Features. For each audited image, the ε-prediction loss ℓ_t at the timesteps 
 :func:`gsa_timesteps` (5, one in the middle of each fifth of the schedule: t = 100, 300, 500, 700,
 900 for 1,000 steps), each with its own noise draw, fixed per image (noise stream
 :data:`NOISE_STREAM`). Gradients are taken per **parameter tensor** (each weight and bias of the
-UNet, L = 144 for the tiny preset), as the authors' code does (``torch.norm(p.grad)`` for
+UNet, L = 182 for the tiny preset), as the authors' code does (``torch.norm(p.grad)`` for
 ``p in model.parameters()``, ``DDPM/gen_l2_gradients_DDPM.py`` of github py85252876/GSA): it needs no
 choice of block boundaries, and the classifier can weigh each tensor on its own.
 
