@@ -112,3 +112,14 @@ def test_verification_with_one_patient_left(capsys) -> None:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert "--holdout-fraction" in error.value.fix
+
+
+def test_report_with_a_manifest_that_is_not_utf8(run: Path, capsys) -> None:
+    """A damaged samples manifest does not crash the report: it says what is wrong and still writes the report."""
+    manifest = run / "samples" / "manifest.csv"
+    manifest.write_bytes(b"\xff\xfe" + manifest.read_bytes())
+    result = run_cli(["report", "--run", str(run)], capsys)
+    assert "Traceback" not in result.text, result.text
+    assert result.code == 0, result.text
+    html = (run / "report.html").read_text()
+    assert "manifest.csv" in html and "UTF-8" in html

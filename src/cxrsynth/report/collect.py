@@ -164,11 +164,16 @@ def training_seconds(records: list[dict], images_per_step: int) -> float | None:
     return total if records else None
 
 
-def _count_samples(folder: Path) -> int:
+def _count_samples(folder: Path, problems: list[str] | None = None) -> int:
+    """Samples in ``folder``: manifest rows, or image files when there is no readable manifest (noted in ``problems``)."""
     manifest = folder / SAMPLE_MANIFEST
     if manifest.is_file():
-        with manifest.open(newline="") as handle:
-            return sum(1 for _ in csv.DictReader(handle))
+        try:
+            with manifest.open(newline="", encoding="utf-8") as handle:
+                return sum(1 for _ in csv.DictReader(handle))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            if problems is not None:
+                problems.append(f"{manifest} is not a readable UTF-8 CSV ({exc}); samples counted from the image files")
     return len(list(folder.glob("*.png"))) + len(list(folder.glob("*.dcm")))
 
 
@@ -224,7 +229,7 @@ def _train_status(run: Path, contents: RunContents) -> StageStatus:
 
 def _samples_status(run: Path, folder: Path, contents: RunContents) -> StageStatus:
     command = f"cxrsynth sample --run {quoted(run)} --num-images 1000 --sampler dpmsolver"
-    count = _count_samples(folder) if folder.is_dir() else 0
+    count = _count_samples(folder, contents.problems) if folder.is_dir() else 0
     if count == 0:
         return StageStatus("sample", False, f"not run: no synthetic images in {folder}", command)
     settings = read_json_file(folder / SAMPLE_SETTINGS, contents.problems)
