@@ -69,17 +69,15 @@ def patient_images(data: PreparedData, designated_rows: np.ndarray, max_images: 
         raise CxrsynthError(f"--max-images-per-patient must be >= 1, got {max_images}")
     if max_images is None or max_images == 1:
         return ScoredImages(designated_rows, np.arange(n), n)
-    index = data.index
-    patient_of = index["patient_id"].to_numpy()
-    split_of = index["split"].to_numpy()
-    rows_of: dict[tuple[str, str], list[int]] = {}
-    for row, (patient, split) in enumerate(zip(patient_of, split_of)):
-        rows_of.setdefault((str(patient), str(split)), []).append(row)
+    patient_of = data.index["patient_id"].to_numpy()
+    split_of = data.index["split"].to_numpy()
+    rows_by_split = {str(split): data.patient_rows(str(split)) for split in np.unique(split_of[designated_rows])}
     rng = np.random.default_rng([seed, 61])
     extra_rows, extra_owner = [], []
     for i, row in enumerate(designated_rows):
-        others = [other for other in rows_of[(str(patient_of[row]), str(split_of[row]))] if other != row]
-        keep = rng.permutation(np.asarray(others, dtype=np.int64))[: max_images - 1]
+        patient_rows = rows_by_split[str(split_of[row])][str(patient_of[row])]
+        others = patient_rows[patient_rows != row]
+        keep = rng.permutation(others)[: max_images - 1]
         extra_rows.extend(keep.tolist())
         extra_owner.extend([i] * len(keep))
     rows = np.concatenate([designated_rows, np.asarray(extra_rows, dtype=np.int64)])
