@@ -86,7 +86,7 @@ def test_cli_audit_prints_the_table_and_verdict_and_writes_the_files(overfit_run
     assert sorted(path.name for path in folder.iterdir()) == ["audit.json", "memorization.png", "roc.png", "scores.csv"]
     report = json.loads((folder / "audit.json").read_text())
     assert report["seed"] == 1 and report["n_members"] == MEMBERS
-    assert set(report["attacks"]) == {*WHITE_BOX, "nn", "nn_domain", "blind"} and set(report["skipped_attacks"]) == {"lira", "lira_offline", "rmia", "rmia_offline"}
+    assert set(report["attacks"]) == {*WHITE_BOX, "sima", "gsa", "nn", "nn_domain", "blind"} and set(report["skipped_attacks"]) == {"lira", "lira_offline", "rmia", "rmia_offline"}
     assert report["attacks"]["nn"]["nfe_per_image"] == 0
     memorization = report["memorization"]
     assert memorization["n_synthetic"] == 16 and memorization["n_member_images"] == MEMBERS
