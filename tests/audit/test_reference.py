@@ -218,6 +218,18 @@ def test_lira_and_rmia_end_to_end_on_a_target_that_saw_no_member(tmp_path: Path)
     torch.set_num_threads(1)
 
 
+def test_without_a_test_split_rmia_is_skipped_with_its_reason_and_lira_still_runs(tmp_path: Path) -> None:
+    from cxrsynth.audit.runner import AuditOptions, audit_run
+
+    run = _tiny_run(tmp_path, steps=1, n_patients=24, images_per_patient=1, split_cycle=("member", "holdout"))
+    report = audit_run(run, AuditOptions(attacks=("loss", "lira", "rmia", "rmia_offline"), noise_draws=1,
+                                         device="cpu", reference_models=4, reference_steps=1, unit="image"))
+    assert set(report["attacks"]) == {"loss", "lira"}
+    for name in ("rmia", "rmia_offline"):
+        assert "no test split" in report["skipped_attacks"][name] and "--test-fraction" in report["skipped_attacks"][name]
+    torch.set_num_threads(1)
+
+
 def test_conditional_run_scores_every_reference_attack_with_each_models_vocabulary(tmp_path: Path) -> None:
     from cxrsynth.audit.attacks.lira import lira_offline_scores, lira_scores
     from cxrsynth.audit.attacks.rmia import rmia_offline_scores, rmia_online_scores

@@ -53,10 +53,17 @@ def test_audited_set_is_one_image_per_patient_equal_counts_and_seeded(tmp_path: 
     assert np.array_equal(again.rows, audited.rows) and np.array_equal(again.is_calibration, audited.is_calibration)
     assert not np.array_equal(select_audited_set(data, None, seed=4).rows, audited.rows)
     assert select_audited_set(data, 6, seed=3).n_per_group == 6
-    with pytest.raises(CxrsynthError, match="--num-members 11"):
+    with pytest.raises(CxrsynthError, match="--num-members 11") as too_many:
         select_audited_set(data, 11, seed=0)
-    with pytest.raises(CxrsynthError, match="at least 4"):
+    assert "between 4 and 10" in too_many.value.fix
+    with pytest.raises(CxrsynthError, match="below the audit's minimum of 4") as too_few:
         select_audited_set(data, 3, seed=0)
+    assert "between 4 and 10" in too_few.value.fix
+    small = load_prepared(make_prepared_folder(tmp_path / "small", n_patients=6, images_per_patient=1,
+                                               split_cycle=("member", "holdout")))
+    with pytest.raises(CxrsynthError, match="3 member and 3 holdout patients") as too_small:
+        select_audited_set(small, None, seed=0)
+    assert "--holdout-fraction" in too_small.value.fix and "--num-members" not in too_small.value.fix
 
 
 def test_delta_comes_from_privacy_json_when_present(tmp_path: Path) -> None:

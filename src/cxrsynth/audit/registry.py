@@ -28,6 +28,8 @@ ACCESS_LEVELS: tuple[str, ...] = ("white-box", "black-box", "none")
 NEEDS_MODEL, NEEDS_SAMPLES, NEEDS_FEATURES = "model", "samples", "features"
 NEEDS_REFERENCE = "reference"
 """Reference models trained on random halves of the member+holdout pool (``--reference-models K``)."""
+NEEDS_POPULATION = "population"
+"""Population images that no model trained on: the prepared data's ``test`` split (RMIA)."""
 
 DEFAULT_TIMESTEP = 200
 """t of the attacks that do not select one, and of the others when ``--timestep`` fixes it."""

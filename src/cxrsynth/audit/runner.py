@@ -152,6 +152,7 @@ from cxrsynth.audit.summary import PATIENT_SUFFIX, power_report, summarise, writ
 from cxrsynth.audit.registry import (
     NEEDS_FEATURES,
     NEEDS_MODEL,
+    NEEDS_POPULATION,
     NEEDS_REFERENCE,
     NEEDS_SAMPLES,
     AttackContext,
@@ -261,18 +262,23 @@ def select_audited_set(data: PreparedData, num_members: int | None, seed: int) -
     member_rows = data.one_image_per_patient("member", seed)
     holdout_rows = data.one_image_per_patient("holdout", seed)
     available = min(len(member_rows), len(holdout_rows))
+    if available < MIN_PER_GROUP:
+        raise CxrsynthError(
+            f"the audit needs at least {MIN_PER_GROUP} member and {MIN_PER_GROUP} holdout patients; {data.root} has "
+            f"{len(member_rows)} member and {len(holdout_rows)} holdout patients",
+            "prepare the data with a holdout split (--holdout-fraction) and enough patients",
+        )
     wanted = min(DEFAULT_MAX_MEMBERS, available) if num_members is None else int(num_members)
+    if wanted < MIN_PER_GROUP:
+        raise CxrsynthError(
+            f"--num-members {wanted} is below the audit's minimum of {MIN_PER_GROUP} patients per group",
+            f"use --num-members between {MIN_PER_GROUP} and {available}",
+        )
     if wanted > available:
         raise CxrsynthError(
             f"--num-members {wanted} is more than the {available} patients available per group "
             f"({len(member_rows)} member, {len(holdout_rows)} holdout patients in {data.root})",
-            f"use --num-members {available} or less",
-        )
-    if wanted < MIN_PER_GROUP:
-        raise CxrsynthError(
-            f"the audit needs at least {MIN_PER_GROUP} member and {MIN_PER_GROUP} holdout patients, "
-            f"{'asked for' if num_members is not None else 'found'} {wanted} ({data.root})",
-            "prepare the data with a holdout split (--holdout-fraction) and enough patients",
+            f"use --num-members between {MIN_PER_GROUP} and {available}",
         )
     rng = np.random.default_rng([seed, 59])
     picked_members = rng.choice(member_rows, size=wanted, replace=False)
@@ -399,7 +405,7 @@ def conditioning_labels(model, data: PreparedData, rows: np.ndarray):
 
 
 def _missing_need(spec: AttackSpec, reasons: dict[str, str | None]) -> str | None:
-    for need in (NEEDS_MODEL, NEEDS_SAMPLES, NEEDS_FEATURES, NEEDS_REFERENCE):
+    for need in (NEEDS_MODEL, NEEDS_SAMPLES, NEEDS_FEATURES, NEEDS_REFERENCE, NEEDS_POPULATION):
         if need in spec.needs and reasons.get(need):
             return reasons[need]
     return None
@@ -704,7 +710,11 @@ def audit_run(run_dir: str | Path, options: AuditOptions | None = None, log: Log
         model, conditioning = load_white_box_model(run_dir, data, scored.rows, settings, device)
         seconds["model_load"] = time.perf_counter() - clock
 
-    reasons: dict[str, str | None] = {NEEDS_REFERENCE: "no reference models: give --reference-models K to train them"}
+    reasons: dict[str, str | None] = {
+        NEEDS_REFERENCE: "no reference models: give --reference-models K to train them",
+        NEEDS_POPULATION: None if len(data.rows("test")) else
+        "the data has no test split (population images in no model): prepare it with --test-fraction",
+    }
     reference, reference_report = None, None
     if options.reference_models > 0 and any(NEEDS_REFERENCE in spec.needs for spec in specs):
         clock = time.perf_counter()

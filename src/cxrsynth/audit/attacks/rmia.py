@@ -33,7 +33,7 @@ from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 
 from cxrsynth.audit.attacks.lira import reference_inputs
-from cxrsynth.audit.registry import NEEDS_MODEL, NEEDS_REFERENCE, AttackContext, register_attack
+from cxrsynth.audit.registry import NEEDS_MODEL, NEEDS_POPULATION, NEEDS_REFERENCE, AttackContext, register_attack
 from cxrsynth.errors import CxrsynthError
 
 GAMMA = 1.0
@@ -117,7 +117,7 @@ def _inputs(context: AttackContext):
 @register_attack(
     "rmia", access="white-box", member_if="higher",
     description="RMIA online: fraction of test images z with LR(x, z) ≥ 1, Pr(x|θ) = exp(−loss/T)",
-    nfe_per_image=lambda settings: settings.noise_draws, needs=(NEEDS_MODEL, NEEDS_REFERENCE),
+    nfe_per_image=lambda settings: settings.noise_draws, needs=(NEEDS_MODEL, NEEDS_REFERENCE, NEEDS_POPULATION),
 )
 def rmia_online_scores(context: AttackContext) -> np.ndarray:
     """Online RMIA score per audited image (see the module docstring)."""
@@ -132,7 +132,7 @@ def rmia_online_scores(context: AttackContext) -> np.ndarray:
 @register_attack(
     "rmia_offline", access="white-box", member_if="higher",
     description="RMIA offline: out reference models only, Pr(x) with the paper's a correction",
-    nfe_per_image=lambda settings: settings.noise_draws, needs=(NEEDS_MODEL, NEEDS_REFERENCE),
+    nfe_per_image=lambda settings: settings.noise_draws, needs=(NEEDS_MODEL, NEEDS_REFERENCE, NEEDS_POPULATION),
 )
 def rmia_offline_scores(context: AttackContext) -> np.ndarray:
     """Offline RMIA score per audited image (see the module docstring)."""
