@@ -21,7 +21,7 @@ def test_help_lists_every_option() -> None:
 
 
 def test_importing_the_command_loads_no_heavy_library() -> None:
-    code = ("import sys, cxrsynth.cli_audit; "
+    code = ("import sys, cxrsynth.cli.audit; "
             "print(sorted(m for m in ('torch', 'diffusers', 'sklearn', 'matplotlib') if m in sys.modules))")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"

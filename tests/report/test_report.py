@@ -269,7 +269,7 @@ def test_cli_prints_the_verdict_and_the_report_path(tiny_run: Path, tmp_path: Pa
 
 
 def test_importing_the_commands_loads_no_heavy_library() -> None:
-    code = ("import sys, cxrsynth.cli_report, cxrsynth.cli_release; "
+    code = ("import sys, cxrsynth.cli.report, cxrsynth.cli.release; "
             "print(sorted(m for m in ('torch', 'diffusers', 'sklearn', 'matplotlib') if m in sys.modules))")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"

@@ -1,52 +1,33 @@
 """The ``cxrsynth`` command line: one command (or command group) per pipeline stage.
 
-Each stage's options live beside the stage (``cxrsynth/<stage>/cli.py`` or
-``cxrsynth/cli_<stage>.py``); this module only assembles them and turns
-:class:`~cxrsynth.errors.CxrsynthError` into a clear message and exit status 2.
+Each stage's options live in one module of this package (``cxrsynth/cli/<stage>.py``; the
+``data`` group in ``cxrsynth/data/cli.py``). Those modules only parse options and print results:
+heavy libraries load when a command runs. :mod:`cxrsynth.cli.root` assembles them into the root
+app; this module runs it (:func:`main`) and turns :class:`~cxrsynth.errors.CxrsynthError` into a
+clear message and exit status 2. Importing it, or one command module, loads no heavy library.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
 
-from cxrsynth.data.cli import data_app
 from cxrsynth.errors import CxrsynthError
-
-app = typer.Typer(
-    name="cxrsynth",
-    help=(
-        "Train diffusion models on private chest X-rays, generate synthetic radiographs, "
-        "measure their realism and usefulness, and audit what they leak about patients.\n\n"
-        "Pipeline: data -> train -> sample -> evaluate -> audit -> report."
-    ),
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-app.add_typer(data_app, name="data")
+from cxrsynth.fsutil import os_error_message
 
 _err_console = Console(stderr=True)
 
 
-def _register_optional_stages() -> None:
-    """Attach the stages whose modules exist; each module registers its own commands."""
-    import importlib
+def __getattr__(name: str) -> Any:
+    """``cxrsynth.cli.app``: the root typer app, assembled on first use (see :mod:`cxrsynth.cli.root`)."""
+    if name == "app":
+        from cxrsynth.cli.root import app
 
-    for module_name in ("cxrsynth.cli_train", "cxrsynth.cli_sample", "cxrsynth.cli_evaluate", "cxrsynth.cli_audit",
-                        "cxrsynth.cli_report", "cxrsynth.cli_release", "cxrsynth.cli_demo"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(app)
-
-
-_register_optional_stages()
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         SystemExit: always, with 0 on success, 2 on a :class:`CxrsynthError` or on a file-system
             failure the user can fix (disk full, permission denied: :func:`cxrsynth.fsutil.os_error_message`).
     """
+    from cxrsynth.cli.root import app  # here, not at the top: it imports every stage (and torch)
+
     try:
         app(args=argv if argv is not None else sys.argv[1:], prog_name="cxrsynth", standalone_mode=False)
     except CxrsynthError as exc:
@@ -74,8 +57,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(code) from None
     except OSError as exc:
         # Disk full, a read-only folder, a file where a folder belongs: the user can fix these.
-        from cxrsynth.fsutil import os_error_message
-
         clear = os_error_message(exc)
         if clear is None:
             raise
