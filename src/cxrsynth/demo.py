@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from cxrsynth.runfolder import audit_path, fidelity_path
+
 Log = Callable[[str], None]
 
 
@@ -232,7 +234,7 @@ def _stage_sample(out: Path, plan: DemoPlan, log: Log) -> None:
 def _stage_evaluate(out: Path, plan: DemoPlan, log: Log) -> None:
     from cxrsynth.evaluate.runner import EvaluateOptions, evaluate_run
 
-    if (out / "run" / "eval" / "fidelity.json").is_file():
+    if fidelity_path(out / "run").is_file():
         log("evaluate: fidelity.json already there, skipped")
         return
     options = EvaluateOptions(
@@ -247,7 +249,7 @@ def _stage_evaluate(out: Path, plan: DemoPlan, log: Log) -> None:
 def _stage_audit(out: Path, plan: DemoPlan, log: Log) -> None:
     from cxrsynth.audit.runner import AuditOptions, audit_run
 
-    if (out / "run" / "audit" / "audit.json").is_file():
+    if audit_path(out / "run").is_file():
         log("audit: audit.json already there, skipped")
         return
     options = AuditOptions(
@@ -334,7 +336,7 @@ def run_demo(out: str | Path = "demo", quick: bool = False, log: Log = print, pl
         out=root,
         run=run,
         stage_seconds=seconds,
-        fidelity=_read_json(run / "eval" / "fidelity.json"),
-        audit=_read_json(run / "audit" / "audit.json"),
+        fidelity=_read_json(fidelity_path(run)),
+        audit=_read_json(audit_path(run)),
         report=outputs.get("report"),
     )

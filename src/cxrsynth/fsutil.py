@@ -186,110 +186,14 @@ def check_output_parent(path: str | os.PathLike[str], option: str = "--out") -> 
             return
 
 
-LOCK_FILE = ".cxrsynth.lock"
-"""Lock file of a run folder: JSON ``pid``, ``host``, ``command``, ``started`` of the process holding it."""
+def __getattr__(name: str) -> Any:
+    # Re-export while train/loop.py (being restructured in parallel) still imports the lock from here;
+    # its home is cxrsynth.runfolder. Lazy: runfolder imports config, which imports this module.
+    if name == "folder_lock":
+        from cxrsynth.runfolder import folder_lock
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
-
-
-def _read_lock(path: Path) -> dict[str, Any] | None:
-    try:
-        holder = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return holder if isinstance(holder, dict) else None
-
-
-_UNREADABLE_LOCK_GRACE_S = 10.0
-"""An empty or torn lock younger than this may be one another process is still writing: not stale yet."""
-
-
-def _lock_is_stale(holder: dict[str, Any] | None, path: Path) -> bool:
-    """A lock whose holder is known to be gone: this host and no process with its pid, or unreadable for a while."""
-    import socket
-    import time
-
-    if holder is None:  # a crash between create and write leaves empty or torn JSON
-        try:
-            return time.time() - path.stat().st_mtime > _UNREADABLE_LOCK_GRACE_S
-        except FileNotFoundError:
-            return True
-    if holder.get("host") != socket.gethostname():
-        return False  # another machine on a shared disk: its pid says nothing here
-    pid = holder.get("pid")
-    return not isinstance(pid, int) or not _pid_alive(pid)
-
-
-@contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike[str], command: str) -> Iterator[Path]:
-    """Hold ``FOLDER/.cxrsynth.lock`` (``O_EXCL``; pid, host, command) while the body runs.
-
-    A lock left by a process that died (same host, pid gone) is taken over; a live holder is
-    refused with its pid, so two ``train`` processes never write one run folder at once. A folder
-    this call created is removed again when the body left it empty (a refused new run leaves nothing).
-
-    Args:
-        folder: the folder to lock (created if missing).
-        command: what holds it, e.g. ``"cxrsynth train"`` (recorded in the lock).
-
-    Yields:
-        The lock file's path.
-
-    Raises:
-        CxrsynthError: when another live process holds the lock.
-    """
-    import socket
-    import time
-
-    target = Path(folder)
-    created = not target.exists()
-    target.mkdir(parents=True, exist_ok=True)
-    path = target / LOCK_FILE
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    for _ in range(3):  # a stale lock removed by another process between our tries: try again
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            holder = _read_lock(path)
-            if not _lock_is_stale(holder, path):
-                holder = holder or {}
-                raise CxrsynthError(
-                    f"{target} is in use by {holder.get('command', 'another process')} (pid {holder.get('pid')} on "
-                    f"{holder.get('host')}, since {holder.get('started')}); two processes writing one run folder "
-                    "would corrupt its checkpoints and log",
-                    f"wait for that process to finish (or stop it); if it is gone, delete {path}",
-                ) from None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            continue
-        except BaseException:
-            if created:
-                with contextlib.suppress(OSError):
-                    target.rmdir()
-            raise
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        break
-    else:
-        raise CxrsynthError(f"could not lock {target} ({path} keeps reappearing)", f"delete {path} and retry")
-    try:
-        yield path
-    finally:
-        if _read_lock(path) == record:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        if created:
-            with contextlib.suppress(OSError):
-                target.rmdir()  # only when empty
+        return folder_lock
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def plain_permissions(folder: str | os.PathLike[str]) -> None:

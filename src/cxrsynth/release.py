@@ -759,7 +759,7 @@ def check_release_target(out: Path, run: Path, options: ReleaseOptions) -> None:
         CxrsynthError: when ``out`` is a file, overlaps the run or data folder, or exists and is
             not a previous release (or ``--overwrite`` was not given).
     """
-    from cxrsynth.evaluate.runner import run_data_path
+    from cxrsynth.runfolder import run_data_path
 
     check_output_parent(out)
     protected = [("run", run)]
@@ -811,7 +811,7 @@ def release_run(
             that :func:`check_release_target` refuses. Nothing is left at ``out`` then.
     """
     from cxrsynth.audit.runner import resolve_device
-    from cxrsynth.evaluate.runner import load_run_data
+    from cxrsynth.runfolder import load_run_data
     from cxrsynth.sample import resolve_pipeline_dir
 
     options = options or ReleaseOptions()

@@ -37,7 +37,7 @@ def member_images(run: Path) -> np.ndarray:
 
 
 def json_data_path(run: Path) -> Path:
-    from cxrsynth.evaluate.runner import run_data_path
+    from cxrsynth.runfolder import run_data_path
 
     return run_data_path(run)
 

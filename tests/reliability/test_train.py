@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxrsynth.fsutil import LOCK_FILE
+from cxrsynth.runfolder import LOCK_FILE
 from tests.reliability.conftest import assert_clear_error, leftovers, run_cli, tree_digest
 
 STEPS = 4
@@ -227,7 +227,7 @@ def test_resume_in_a_read_only_run_folder(run: Path, capsys, monkeypatch) -> Non
 def test_empty_lock_file(tmp_path: Path) -> None:
     """An empty lock (a holder killed between creating and writing it): refused while young, taken over once old."""
     from cxrsynth.errors import CxrsynthError
-    from cxrsynth.fsutil import folder_lock
+    from cxrsynth.runfolder import folder_lock
 
     run = tmp_path / "run"
     run.mkdir()

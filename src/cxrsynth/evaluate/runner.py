@@ -122,39 +122,38 @@ Context:
 
 from __future__ import annotations
 
-import csv
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
-from cxrsynth.data.prepared import PreparedData, load_prepared
+from cxrsynth.data.prepared import PreparedData
 from cxrsynth.errors import CxrsynthError
 from cxrsynth.evaluate import artefacts, frechet, inception, pixel, plots
 from cxrsynth.evaluate.bootstrap import matched_frechet
 from cxrsynth.evaluate.domain import DEFAULT_STEPS, DOMAIN_FOLDER, DomainClassifier, domain_classifier_for_run
+from cxrsynth.evaluate.table import NOT_REQUESTED, results_table, table_rows
 from cxrsynth.evaluate.utility import RealTrainingSet, UtilityInputs, evaluate_utility, label_matrix_from_texts
 from cxrsynth.fsutil import atomic_write_json
+from cxrsynth.runfolder import (EVAL_FOLDER, SAMPLE_SETTINGS, SyntheticSet, count_samples, fidelity_path, load_run_data,
+                                locks_run, read_samples, samples_folder)
+from cxrsynth.sample import generate_samples, read_settings_file
+
+__all__ = ["EvaluateOptions", "METRIC_GROUPS", "NOT_REQUESTED", "REPORT_KEYS", "evaluate_run", "parse_metrics",
+           "results_table", "table_rows"]
 
 METRIC_GROUPS: tuple[str, ...] = ("fid", "kid", "prc", "domain", "utility", "diversity", "pixel")
 """Names accepted by ``--metrics`` (``prc`` = Inception precision and recall)."""
 
 REFERENCES: tuple[str, ...] = ("test", "member")
-EVAL_FOLDER = "eval"
-FIDELITY_FILE = "fidelity.json"
 REPORT_FORMAT = 1
 FID_RELIABLE_N = 10_000
 """Below this many images per side FID is noticeably biased upwards (Chong & Forsyth, 2020)."""
 
 DEFAULT_GENERATED = 1000
 """Samples generated when none exist and ``--num-samples`` is not given (capped at the reference size)."""
-
-MANIFEST_FILE = "manifest.csv"
-"""The sample stage's manifest (columns file, index, seed, sampler, steps, label, guidance)."""
 
 FAST_SAMPLER, FAST_STEPS = "ddpm", 25
 """Sampler of missing samples: stochastic DDPM at 25 steps. Deterministic samplers (DDIM, DPM-Solver)
@@ -167,9 +166,6 @@ DOMAIN_KEYS = (
     "fd_domain", "fd_domain_ci", "fd_domain_real_baseline", "fd_domain_real_baseline_ci", "fd_domain_sampling",
     "matched_n", "precision_domain", "recall_domain", "precision_domain_real_baseline", "recall_domain_real_baseline",
 )
-
-NOT_REQUESTED = "not requested (--metrics)"
-"""The ``*_skipped`` reason of a metric group left out of ``--metrics``."""
 
 Log = Callable[[str], None]
 
@@ -230,164 +226,17 @@ def parse_metrics(text: str) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_data_path(run_dir: Path) -> Path:
-    """The prepared-data folder recorded in ``RUN/config.yaml`` (``train.data``).
-
-    A relative path is taken as given (relative to the working directory, as ``cxrsynth train``
-    received it), falling back to relative-to-the-run-folder's parent when that does not exist.
-
-    Raises:
-        CxrsynthError: when the config is missing or unreadable.
-    """
-    from cxrsynth.config import load_run_config
-
-    config, _ = load_run_config(run_dir)
-    path = Path(config.data).expanduser()
-    if not path.is_absolute() and not path.exists() and (run_dir.parent / path).exists():
-        return run_dir.parent / path
-    return path
-
-
-def load_run_data(run_dir: Path, override: Path | None) -> PreparedData:
-    """Open the run's prepared data (``override`` when given). Raises CxrsynthError naming the fix."""
-    path = override if override is not None else run_data_path(run_dir)
-    try:
-        return load_prepared(path)
-    except CxrsynthError as exc:
-        # Shared by evaluate, audit, release and report: the fix names no one stage.
-        raise CxrsynthError(exc.problem, f"{exc.fix}; or, if the data moved, pass --data DATA (its new location)") from None
-
-
-@dataclass(frozen=True)
-class SyntheticSet:
-    """Synthetic images read from a samples folder.
-
-    Attributes:
-        images: uint8 N×S×S.
-        labels: label-set text of each image from the manifest (conditional runs), else None.
-        folder: where they came from.
-    """
-
-    images: np.ndarray
-    labels: list[str] | None
-    folder: Path
-
-
-def _manifest_rows(folder: Path) -> list[dict[str, str]] | None:
-    """The rows of ``folder/manifest.csv`` by index (None without one).
-
-    Raises:
-        CxrsynthError: when it is not UTF-8 CSV with ``file`` and ``index`` columns, or a ``file``
-            names anything but a file directly in ``folder`` (``../../etc/passwd``, an absolute path).
-    """
-    path = folder / MANIFEST_FILE
-    if not path.is_file():
-        return None
-    fix = "regenerate it with `cxrsynth sample` (delete the samples folder first)"
-    rows: list[dict[str, str]] = []
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        ordered = sorted(rows, key=lambda row: int(row["index"]))
-    except UnicodeDecodeError as exc:
-        raise CxrsynthError(f"{path} is not UTF-8 text ({exc})", fix) from None
-    except (csv.Error, KeyError, TypeError, ValueError) as exc:
-        if rows and not {"file", "index"} <= set(rows[0]):
-            raise CxrsynthError(f"{path} lacks the 'file' and 'index' columns", fix) from None
-        raise CxrsynthError(f"{path} is not a valid manifest ({type(exc).__name__}: {exc})", fix) from None
-    for row in ordered:
-        name = row.get("file") or ""
-        if Path(name).name != name or name in ("", ".", ".."):
-            raise CxrsynthError(
-                f"{path} lists {name!r}, which is outside the samples folder {folder}; a manifest may only name "
-                "files directly inside its folder",
-                fix,
-            )
-    return ordered
-
-
-def _read_image(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise CxrsynthError(f"sample file {path} listed in the manifest is missing", "re-run `cxrsynth sample` into that folder")
-    fix = "delete it and re-run `cxrsynth sample` into that folder (it regenerates missing images)"
-    try:
-        if path.suffix.lower() == ".dcm":
-            import pydicom
-
-            pixels = pydicom.dcmread(path).pixel_array
-        else:
-            with Image.open(path) as image:
-                pixels = np.asarray(image.convert("L"))
-    except Exception as exc:  # PIL and pydicom raise many types for a truncated or corrupt file
-        raise CxrsynthError(f"sample file {path} cannot be read ({type(exc).__name__}: {exc})", fix) from None
-    if pixels.dtype != np.uint8 or pixels.ndim != 2:
-        raise CxrsynthError(f"{path} is not an 8-bit grayscale image ({pixels.dtype}, shape {pixels.shape})")
-    return pixels
-
-
-def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.LANCZOS))
-
-
-def read_samples(folder: Path, limit: int | None, size: int, warnings: list[str]) -> SyntheticSet:
-    """Read the samples of ``folder`` (manifest order; or all PNGs when there is no manifest).
-
-    Images of another size than ``size`` are resized (Lanczos) and a warning is added.
-
-    Raises:
-        CxrsynthError: when the folder holds no images, a listed file is missing or unreadable,
-            or the samples differ in size from each other.
-    """
-    rows = _manifest_rows(folder)
-    if rows is not None:
-        files = [folder / row["file"] for row in rows]
-        labels: list[str] | None = [row.get("label") or "" for row in rows]
-    else:
-        files = sorted(folder.glob("*.png")) if folder.is_dir() else []
-        labels = None
-    if limit is not None:
-        files, labels = files[:limit], (labels[:limit] if labels is not None else None)
-    if not files:
-        raise CxrsynthError(f"no synthetic images in {folder}", "run `cxrsynth sample --run RUN` or pass --samples DIR")
-    images = [_read_image(path) for path in files]
-    shapes = {image.shape for image in images}
-    if len(shapes) != 1:
-        raise CxrsynthError(f"samples in {folder} have different sizes {sorted(shapes)}", "regenerate them in one run")
-    shape = shapes.pop()
-    if shape != (size, size):
-        warnings.append(f"synthetic images are {shape[0]}×{shape[1]}, resized (Lanczos) to the data's {size}×{size}")
-        images = [_resize(image, size) for image in images]
-    if labels is not None and not all(text.strip() for text in labels):
-        labels = None  # unconditional samples: the manifest's label column is empty
-    return SyntheticSet(images=np.stack(images), labels=labels, folder=folder)
-
-
-def _existing_count(folder: Path) -> int:
-    """Samples present: manifest rows, or PNG files when a folder has no manifest."""
-    rows = _manifest_rows(folder)
-    if rows is not None:
-        return len(rows)
-    return len(list(folder.glob("*.png"))) if folder.is_dir() else 0
-
-
 def ensure_samples(run_dir: Path, folder: Path, wanted: int, seed: int, progress: bool, log: Log) -> None:
     """Generate samples ``0..wanted-1`` into ``folder`` with the sample stage when fewer exist.
 
     A folder already holding samples is continued with the settings recorded in its
-    ``sample_settings.json``; a new one gets the fast default (DPM-Solver++, 25 steps, ``seed``).
+    ``sampling.json``; a new one gets the fast default (DDPM, 25 steps, ``seed``).
 
     Raises:
-        CxrsynthError: when the run has no trained model to sample from.
+        CxrsynthError: when the run has no trained model to sample from, or ``sampling.json`` is corrupt.
     """
-    try:
-        from cxrsynth.sample import SETTINGS_FILE, generate_samples
-    except ModuleNotFoundError:  # the sample stage is not installed in this build
-        raise CxrsynthError(
-            f"{folder} holds fewer than {wanted} samples and this cxrsynth cannot generate them",
-            f"run `cxrsynth sample --run {run_dir} --num-images {wanted}` first",
-        ) from None
-    settings_path = folder / SETTINGS_FILE
-    settings = json.loads(settings_path.read_text()) if settings_path.is_file() else None
+    settings_path = folder / SAMPLE_SETTINGS
+    settings = read_settings_file(settings_path) if settings_path.is_file() else None
     kwargs: dict = {"sampler": FAST_SAMPLER, "steps": FAST_STEPS, "seed": seed, "image_format": "png"}
     if settings is not None:
         kwargs = {
@@ -739,6 +588,7 @@ def compute_report(
     return report
 
 
+@locks_run("cxrsynth evaluate")
 def evaluate_run(run_dir: str | Path, options: EvaluateOptions | None = None, log: Log = _quiet) -> dict:
     """Evaluate a run's synthetic images; write ``RUN/eval/fidelity.json`` and plots; return the report.
 
@@ -751,7 +601,8 @@ def evaluate_run(run_dir: str | Path, options: EvaluateOptions | None = None, lo
         The report (the content of ``fidelity.json``, documented in this module's docstring).
 
     Raises:
-        CxrsynthError: for a missing run/data/samples folder, bad options or unusable inputs.
+        CxrsynthError: for a missing run/data/samples folder, bad options, unusable inputs, or a run
+            folder another live process holds (``RUN/.cxrsynth.lock``).
     """
     options = options or EvaluateOptions()
     run = Path(run_dir)
@@ -762,8 +613,8 @@ def evaluate_run(run_dir: str | Path, options: EvaluateOptions | None = None, lo
     data = load_run_data(run, options.data)
     if options.reference not in REFERENCES:
         raise CxrsynthError(f"invalid --reference {options.reference!r}", f"use one of {', '.join(REFERENCES)}")
-    samples_dir = Path(options.samples) if options.samples is not None else run / "samples"
-    existing = _existing_count(samples_dir)
+    samples_dir = samples_folder(run, options.samples)
+    existing = count_samples(samples_dir)
     wanted = options.num_samples
     if wanted is None and existing == 0:
         wanted = min(DEFAULT_GENERATED, len(data.rows(options.reference)))
@@ -773,97 +624,5 @@ def evaluate_run(run_dir: str | Path, options: EvaluateOptions | None = None, lo
     synthetic = read_samples(samples_dir, wanted, data.size, warnings)
     eval_dir = run / EVAL_FOLDER
     report = compute_report(data, synthetic, options, run, eval_dir, warnings, log)
-    atomic_write_json(eval_dir / FIDELITY_FILE, report)
+    atomic_write_json(fidelity_path(run), report)
     return report
-
-
-# ---------------------------------------------------------------------------------------------
-# The table
-# ---------------------------------------------------------------------------------------------
-
-
-def _number(value: float | None, digits: int = 4) -> str:
-    return "—" if value is None else f"{value:.{digits}g}"
-
-
-def _interval(interval: list[float] | None) -> str:
-    return "" if not interval else f" [{interval[0]:.3g}, {interval[1]:.3g}]"
-
-
-def _skipped(report: dict, key: str) -> bool:
-    """True when ``key``'s metric was requested but could not be computed."""
-    reason = report.get(f"{key}_skipped")
-    return bool(reason) and reason != NOT_REQUESTED
-
-
-def table_rows(report: dict) -> list[tuple[str, str, str, str]]:
-    """Rows (metric, value, real baseline, N) of the summary table (groups not requested are left out)."""
-    n_pair = f"{report['n_real']} / {report['n_synthetic']}"
-    base = f" ({report['baseline_split']}, N={report['n_real_baseline']})"
-    rows = []
-    for key, label in (("fid", "FID (Inception)"), ("kid", "KID (Inception)"), ("precision", "precision (Inception)"),
-                       ("recall", "recall (Inception)")):
-        if report[key] is None and not _skipped(report, key):
-            continue
-        if report[key] is not None:
-            value = _number(report[key]) + (f" ± {report['kid_std']:.2g}" if key == "kid" else "")
-        else:
-            value = "skipped" if report.get(f"{key}_skipped") else "—"
-        rows.append((label, value, "—", n_pair))
-    if report["fd_domain"] is not None:
-        sampling = report.get("fd_domain_sampling") or {}
-        matched = report.get("matched_n") or report["n_synthetic"]
-        matched_base = f" ({report['baseline_split']}, N={matched})"
-        fd_n = (f"{sampling['n_reference']} / {sampling['n']} per half-sample (matched N={matched})"
-                if sampling else n_pair)
-        matched_pair = f"{report['n_real']} / {matched}"
-        rows.append(("FD (domain)", _number(report["fd_domain"]) + _interval(report["fd_domain_ci"]),
-                     _number(report["fd_domain_real_baseline"]) + _interval(report.get("fd_domain_real_baseline_ci"))
-                     + matched_base, fd_n))
-        rows.append(("precision (domain, k=3)", _number(report["precision_domain"], 3),
-                     _number(report["precision_domain_real_baseline"], 3) + matched_base, matched_pair))
-        rows.append(("recall (domain, k=3)", _number(report["recall_domain"], 3),
-                     _number(report["recall_domain_real_baseline"], 3) + matched_base, matched_pair))
-    elif _skipped(report, "domain"):
-        rows.append(("FD (domain)", "skipped", "—", n_pair))
-    utility = report["utility"]
-    if utility is not None:
-        trained = utility.get("matched_n_train")
-        test_n = f"{utility['n_test']} test" + (
-            f" ({utility['n_test_patients']} patients)" if utility.get("n_test_patients") is not None else ""
-        ) + (f"; {trained} train each" if trained is not None else "")
-        rows.append(("AUROC macro: TSTR | TRTR", _number(utility["tstr_auroc"], 3) + _interval(utility["tstr_auroc_ci"]),
-                     _number(utility["trtr_auroc"], 3) + _interval(utility["trtr_auroc_ci"]), test_n))
-        rows.append(("utility ratio TSTR/TRTR", _number(utility["ratio"], 3) + _interval(utility["ratio_ci"]), "1", test_n))
-    elif _skipped(report, "utility"):
-        rows.append(("utility (TSTR/TRTR)", "skipped", "—", ""))
-    if report["diversity"] is not None:
-        div = report["diversity"]
-        rows.append(("MS-SSIM of pairs (lower = diverse)", _number(div["ms_ssim_synthetic"], 3),
-                     _number(div["ms_ssim_real"], 3) + f" ({report['reference']})", f"{div['n_pairs']} pairs"))
-    if report["pixel"] is not None:
-        pix = report["pixel"]
-        rows.append(("histogram W1 (gray levels)", _number(pix["histogram_wasserstein"], 3),
-                     _number(pix["histogram_wasserstein_real_baseline"], 3) + base, n_pair))
-        rows.append(("power spectrum dist. (decades)", _number(pix["power_spectrum_distance"], 3),
-                     _number(pix["power_spectrum_distance_real_baseline"], 3) + base, n_pair))
-    found = report.get("artefacts")
-    if found is not None:
-        rows.append(("artefact rate (noise > real 99.5%)", f"{found['rate']:.1%} ({found['count']} of {found['n_synthetic']})",
-                     f"{found['real_baseline']:.1%} ({report['baseline_split']}, N={found['n_real_baseline']})",
-                     f"threshold from {found['n_reference']} {report['reference']}"))
-    return rows
-
-
-def results_table(report: dict):
-    """A rich ``Table`` of :func:`table_rows` (metric, value, real baseline, N)."""
-    from rich.table import Table
-
-    table = Table(
-        title=f"cxrsynth evaluate — reference: {report['reference']} (N real / N synthetic), seed {report['seed']}"
-    )
-    for column in ("metric", "value", "real baseline", "N"):
-        table.add_column(column)
-    for row in table_rows(report):
-        table.add_row(*row)
-    return table

@@ -9,33 +9,31 @@ stage is shown as not run, so a report is always produced for an existing run fo
 from __future__ import annotations
 
 import csv
-import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxrsynth.config import PRIVACY_FILE
-from cxrsynth.report import coverage
+from cxrsynth.config import load_run_config
+from cxrsynth.data.info import summarize_prepared
+from cxrsynth.data.prepared import load_prepared
 from cxrsynth.errors import CxrsynthError
+from cxrsynth.report import coverage
+from cxrsynth.runfolder import (AUDIT_FOLDER, CONFIG_FILE, EVAL_FOLDER, PIPELINE_FOLDER, PRIVACY_FILE, SAMPLE_MANIFEST,
+                                SAMPLE_SETTINGS, audit_path, fidelity_path, read_json_file, run_data_path, samples_folder)
 
 STAGES: tuple[str, ...] = ("data", "train", "sample", "evaluate", "audit")
 """Pipeline stages whose outputs a report shows, in order."""
 
-FIDELITY_PATH = Path("eval") / "fidelity.json"
-AUDIT_PATH = Path("audit") / "audit.json"
-SAMPLES_FOLDER = "samples"
-SAMPLE_MANIFEST = "manifest.csv"
-SAMPLE_SETTINGS = "sampling.json"
-PIPELINE_INDEX = Path("pipeline") / "model_index.json"
+PIPELINE_INDEX = Path(PIPELINE_FOLDER) / "model_index.json"
 PROGRESS_FOLDER = "progress"
 
 RUN_FIGURES: dict[str, Path] = {
-    "pixel_stats": Path("eval") / "pixel_stats.png",
-    "domain_features": Path("eval") / "domain_features.png",
-    "utility_auroc": Path("eval") / "utility_auroc.png",
-    "roc": Path("audit") / "roc.png",
-    "memorization": Path("audit") / "memorization.png",
+    "pixel_stats": Path(EVAL_FOLDER) / "pixel_stats.png",
+    "domain_features": Path(EVAL_FOLDER) / "domain_features.png",
+    "utility_auroc": Path(EVAL_FOLDER) / "utility_auroc.png",
+    "roc": Path(AUDIT_FOLDER) / "roc.png",
+    "memorization": Path(AUDIT_FOLDER) / "memorization.png",
 }
 """Figures the evaluate and audit stages write, by the name the report uses."""
 
@@ -129,21 +127,6 @@ def quoted(path: Path | str) -> str:
     return shlex.quote(str(path))
 
 
-def read_json_file(path: Path, problems: list[str]) -> dict | None:
-    """The JSON object in ``path``; None when it is absent, or unreadable (recorded in ``problems``)."""
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problems.append(f"{path} could not be read ({exc}); shown as not run")
-        return None
-    if not isinstance(value, dict):
-        problems.append(f"{path} does not hold a JSON object; shown as not run")
-        return None
-    return value
-
-
 def training_seconds(records: list[dict], images_per_step: int) -> float | None:
     """Training time implied by ``train_log.jsonl``: Σ images per record / img_per_s.
 
@@ -178,26 +161,19 @@ def _count_samples(folder: Path, problems: list[str] | None = None) -> int:
 
 
 def _load_config(run: Path, contents: RunContents) -> None:
-    if not (run / "config.yaml").is_file():
+    if not (run / CONFIG_FILE).is_file():
         return
-    from cxrsynth.config import load_run_config
-
     try:
         contents.config, contents.facts = load_run_config(run)
     except CxrsynthError as exc:
-        contents.problems.append(f"{run / 'config.yaml'}: {exc.problem}")
+        contents.problems.append(f"{run / CONFIG_FILE}: {exc.problem}")
 
 
 def _load_data(run: Path, override: Path | None, contents: RunContents) -> StageStatus:
-    from cxrsynth.data.info import summarize_prepared
-    from cxrsynth.data.prepared import load_prepared
-
     command = f"cxrsynth report --run {quoted(run)} --data DATA   (DATA: a folder written by `cxrsynth data prepare`)"
     if override is not None:
         path = Path(override)
     elif contents.config is not None:
-        from cxrsynth.evaluate.runner import run_data_path
-
         path = run_data_path(run)
     else:
         return StageStatus("data", False, "unknown: the run has no readable config.yaml naming its data", command)
@@ -269,7 +245,7 @@ def collect_run(run: str | Path, data: str | Path | None = None, samples: str | 
     from cxrsynth.train.run_log import read_train_log
 
     run = Path(run)
-    if not run.is_dir() or not ((run / "config.yaml").is_file() or (run / PIPELINE_INDEX).is_file()):
+    if not run.is_dir() or not ((run / CONFIG_FILE).is_file() or (run / PIPELINE_INDEX).is_file()):
         raise CxrsynthError(
             f"{run} is not a run folder (no config.yaml and no pipeline/model_index.json)",
             "point --run to a folder written by `cxrsynth train`",
@@ -279,16 +255,15 @@ def collect_run(run: str | Path, data: str | Path | None = None, samples: str | 
     contents.train_log = read_train_log(run)
     contents.has_pipeline = (run / PIPELINE_INDEX).is_file()
     contents.privacy = read_json_file(run / PRIVACY_FILE, contents.problems)
-    contents.fidelity = read_json_file(run / FIDELITY_PATH, contents.problems)
-    contents.audit = read_json_file(run / AUDIT_PATH, contents.problems)
+    contents.fidelity = read_json_file(fidelity_path(run), contents.problems)
+    contents.audit = read_json_file(audit_path(run), contents.problems)
     contents.figures = _figures(run)
-    samples_folder = Path(samples) if samples is not None else run / SAMPLES_FOLDER
     statuses = [
         _load_data(run, Path(data) if data is not None else None, contents),
         _train_status(run, contents),
-        _samples_status(run, samples_folder, contents),
-        _result_status("evaluate", run / FIDELITY_PATH, contents.fidelity, f"cxrsynth evaluate --run {quoted(run)}"),
-        _result_status("audit", run / AUDIT_PATH, contents.audit, f"cxrsynth audit --run {quoted(run)}"),
+        _samples_status(run, samples_folder(run, Path(samples) if samples is not None else None), contents),
+        _result_status("evaluate", fidelity_path(run), contents.fidelity, f"cxrsynth evaluate --run {quoted(run)}"),
+        _result_status("audit", audit_path(run), contents.audit, f"cxrsynth audit --run {quoted(run)}"),
     ]
     contents.stages = {status.name: status for status in statuses}
     return contents

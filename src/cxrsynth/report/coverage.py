@@ -43,7 +43,7 @@ SEED_HIDDEN = "not shown for a DP run (it stays in the run folder's config.yaml)
 
 MEMBER_TRAINED_METRICS: tuple[str, ...] = ("FD (domain)", "precision (domain", "recall (domain", "AUROC macro",
                                            "utility ratio")
-"""Prefixes of the fidelity-table metrics (:func:`cxrsynth.evaluate.runner.table_rows`) that use a classifier
+"""Prefixes of the fidelity-table metrics (:func:`cxrsynth.evaluate.table.table_rows`) that use a classifier
 trained on the member images (the domain classifier, the TRTR classifier)."""
 
 

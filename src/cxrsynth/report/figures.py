@@ -15,6 +15,9 @@ import math
 import numpy as np
 from PIL import Image
 
+from cxrsynth.errors import CxrsynthError
+from cxrsynth.runfolder import read_samples
+
 GRID_IMAGES = 16
 """Images per side of the synthetic-vs-real grid."""
 
@@ -122,9 +125,6 @@ def synthetic_and_real(contents, count: int = GRID_IMAGES, seed: int = 0) -> tup
     synthetic = None
     size = contents.data.size if contents.data is not None else None
     if contents.samples is not None:
-        from cxrsynth.errors import CxrsynthError
-        from cxrsynth.evaluate.runner import read_samples
-
         try:
             synthetic = read_samples(contents.samples.folder, count, size or _sample_side(contents.samples.folder), []).images
         except CxrsynthError as exc:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from cxrsynth.evaluate import table as fidelity_table
 from cxrsynth.report import coverage
 
 SECTION_IDS: tuple[str, ...] = (
@@ -298,14 +299,12 @@ def fidelity_section(contents, images: Images) -> str:
     status = contents.stages["evaluate"]
     if contents.fidelity is None:
         return section("fidelity", "Fidelity: how realistic", not_run(status.summary, status.command))
-    from cxrsynth.evaluate.runner import table_rows
-
     fidelity = contents.fidelity
     body = [f"<p>Synthetic images against {fidelity['n_real']:,} real <em>{esc(fidelity['reference'])}</em> images; "
             f"the real baseline is the same metric for unseen real images ({esc(fidelity['baseline_split'])}), i.e. "
             "what “as good as real” looks like at this N.</p>",
             table(("metric", "value", "real-vs-real baseline", "N"),
-                  coverage.mark_fidelity_rows(table_rows(fidelity), fidelity, contents.trained_with_dp))]
+                  coverage.mark_fidelity_rows(fidelity_table.table_rows(fidelity), fidelity, contents.trained_with_dp))]
     if contents.trained_with_dp:
         body.append(f'<p class="meta">{esc(coverage.fidelity_footnote(fidelity))}</p>')
     reasons = _skip_reasons(fidelity)

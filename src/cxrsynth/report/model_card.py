@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+from cxrsynth.evaluate import table as fidelity_table
 from cxrsynth.report import coverage
 
 
@@ -112,12 +113,10 @@ def _evaluation(contents) -> list[str]:
     fidelity = contents.fidelity
     if fidelity is None:
         return lines + [f"Not evaluated. Run `{contents.stages['evaluate'].command}`.", ""]
-    from cxrsynth.evaluate.runner import table_rows
-
     lines += [f"Against {fidelity['n_real']} real `{fidelity['reference']}` images; the real-vs-real baseline is the same "
               f"metric for unseen real (`{fidelity['baseline_split']}`) images.", "",
               md_table(("metric", "value", "real-vs-real baseline", "N"),
-                       coverage.mark_fidelity_rows(table_rows(fidelity), fidelity, contents.trained_with_dp)), ""]
+                       coverage.mark_fidelity_rows(fidelity_table.table_rows(fidelity), fidelity, contents.trained_with_dp)), ""]
     if contents.trained_with_dp:
         lines += [coverage.fidelity_footnote(fidelity), ""]
     skipped = [f"{key}: {fidelity[key + '_skipped']}" for key in ("fid", "utility")
