@@ -64,6 +64,7 @@ import numpy as np
 from cxrsynth.data.prepared import INDEX_FILE, IMAGES_FILE, META_FILE, PreparedData, load_prepared
 from cxrsynth.errors import CxrsynthError
 from cxrsynth.fsutil import atomic_write_json, atomic_write_text
+from cxrsynth.runfolder import load_run_data
 
 REFERENCE_FOLDER = "reference"
 """Folder of the reference models under ``RUN/audit/`` (kept across audits)."""
@@ -578,8 +579,6 @@ def translate_labels(class_labels, source_vocabulary, target_vocabulary):
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m cxrsynth.audit.reference RUN --count K [--only 0,2] [--steps S] [--seed N]``."""
-    from cxrsynth.evaluate.runner import load_run_data
-
     parser = argparse.ArgumentParser(description="Train reference models of a run for cxrsynth audit's LiRA/RMIA.")
     parser.add_argument("run", type=Path)
     parser.add_argument("--count", type=int, required=True, help="K, as --reference-models")

@@ -165,6 +165,7 @@ from cxrsynth.config import PRIVACY_FILE
 from cxrsynth.data.prepared import PreparedData
 from cxrsynth.errors import CxrsynthError
 from cxrsynth.fsutil import atomic_directory, atomic_write_json, atomic_write_text
+from cxrsynth.runfolder import load_run_data, locks_run, read_samples
 
 AUDIT_FOLDER = "audit"
 AUDIT_FILE, SCORES_FILE, ROC_FILE, MEMORIZATION_FILE = "audit.json", "scores.csv", "roc.png", "memorization.png"
@@ -357,26 +358,12 @@ class SyntheticImages:
     folder: Path
 
 
-def _sample_names(folder: Path) -> list[str]:
-    """File names in the order :func:`cxrsynth.evaluate.runner.read_samples` reads them."""
-    from cxrsynth.sample import MANIFEST_FILE
-
-    manifest = folder / MANIFEST_FILE
-    if manifest.is_file():
-        with manifest.open(newline="") as handle:
-            rows = sorted(csv.DictReader(handle), key=lambda row: int(row["index"]))
-        return [row["file"] for row in rows]
-    return [path.name for path in sorted(folder.glob("*.png"))]
-
-
 def load_synthetic(folder: Path, size: int, warnings: list[str]) -> tuple[SyntheticImages | None, str | None]:
     """The samples of ``folder`` (resized to ``size`` if needed), or ``(None, why)`` when there are none."""
-    from cxrsynth.evaluate.runner import read_samples
-
     if not folder.is_dir() or not any(folder.glob("*.png")) and not any(folder.glob("*.dcm")):
         return None, f"no synthetic images in {folder}: run `cxrsynth sample --run RUN` or pass --samples DIR"
     synthetic = read_samples(folder, None, size, warnings)
-    return SyntheticImages(synthetic.images, _sample_names(folder), folder), None
+    return SyntheticImages(synthetic.images, [path.name for path in synthetic.files], folder), None
 
 
 def conditioning_labels(model, data: PreparedData, rows: np.ndarray):
@@ -665,6 +652,7 @@ def write_outputs(folder: Path, report: dict, scores_text: str, curves: list, me
     plot_memorization(folder / MEMORIZATION_FILE, memorization_result.pixel_dcr, memorization_result.closest_pairs, summary)
 
 
+@locks_run("cxrsynth audit")
 def audit_run(run_dir: str | Path, options: AuditOptions | None = None, log: Log = _quiet) -> dict:
     """Audit a trained run and write ``RUN/audit/`` (audit.json, scores.csv, roc.png, memorization.png).
 
@@ -677,13 +665,13 @@ def audit_run(run_dir: str | Path, options: AuditOptions | None = None, log: Log
         The report written to ``audit.json``.
 
     Raises:
-        CxrsynthError: for a missing run or data, too few patients, invalid settings, or an
-            unknown attack name. Nothing is written then; an earlier ``RUN/audit`` is replaced
+        CxrsynthError: for a missing run or data, too few patients, invalid settings, an
+            unknown attack name, or a run folder another live process holds (``RUN/.cxrsynth.lock``).
+            Nothing is written then; an earlier ``RUN/audit`` is replaced
             only once the new one is complete.
     """
     from cxrsynth.audit.memorization import measure_memorization
     from cxrsynth.audit.reidentification import reidentify
-    from cxrsynth.evaluate.runner import load_run_data
 
     options = options or AuditOptions()
     run_dir = Path(run_dir)
