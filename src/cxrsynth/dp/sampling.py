@@ -4,7 +4,7 @@ A *record* is one privacy unit: a patient (all of their member images) or a sing
 includes every record independently with probability q (Poisson sampling, which the accountant's
 amplification-by-subsampling assumes), and for each included patient draws one of their images
 uniformly at random. Both draws are a pure function of ``(seed, s)``, so resuming is setting s.
-The seed of a DP run is a secret from OS entropy (:func:`cxrsynth.dp.training.draw_secret_seed`),
+The seed of a DP run is a secret from OS entropy (:func:`cxrsynth.train.components.draw_secret_seed`),
 kept only in its checkpoints: a known seed would let anyone replay which records each step used.
 
 With several processes, record j belongs to process ``j mod P``: all processes draw the same

@@ -10,47 +10,37 @@ broadcasts rank 0's initial weights. The ledger (:mod:`cxrsynth.dp.accounting`) 
 
 The UNet is never wrapped by Opacus or DDP during training, so saving, the EMA (post-processing
 of DP iterates: no privacy cost) and the exported pipeline are those of a non-DP run.
+
+The loop reaches this module only through the interface it defines (:mod:`cxrsynth.train.privacy`):
+:func:`resolve_privacy` is the plugin, :class:`PrivacySettings` the plan it returns.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
 from opacus.distributed import DifferentiallyPrivateDistributedDataParallel
 from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
 
 from cxrsynth.config import TrainConfig
 from cxrsynth.data.dataset import to_model_range
 from cxrsynth.data.prepared import PreparedData
-from cxrsynth.dp.accounting import PrivacyLedger, calibrate_noise_multiplier, default_delta
+from cxrsynth.dp.accounting import PrivacyLedger, calibrate_noise_multiplier, default_delta, write_privacy_report
 from cxrsynth.dp.per_record import per_record_gradients, use_vmappable_attention
 from cxrsynth.dp.sampling import PoissonRecordStream, PrivacyRecords
 from cxrsynth.errors import CxrsynthError
 from cxrsynth.model.conditioning import LabelVocabulary
 from cxrsynth.train.components import TrainingParts
+from cxrsynth.train.data_stream import BatchSource
 from cxrsynth.train.objective import draw_diffusion_noise, drop_labels
 
 LEDGER_KEY = "privacy"
 """Key of the ledger's state in a checkpoint's ``extra`` entries."""
-
-
-def draw_secret_seed(accelerator: Accelerator) -> int:
-    """A 63-bit seed from ``os.urandom`` on the main process, shared with every process.
-
-    A DP run seeds its Gaussian noise, its Poisson sampling and its per-record (timestep, noise,
-    label-dropout) draws from this, never from ``config.seed``: whoever knows the seed of the
-    noise and the other records could subtract the noise and decide membership whatever σ was.
-    The seed is kept only in the run's checkpoints (private), so ``--resume`` continues exactly.
-    """
-    seed = [int.from_bytes(os.urandom(8), "little") >> 1]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(seed, from_process=0)
-    return int(seed[0])
 
 
 @dataclass(frozen=True)
@@ -78,9 +68,35 @@ class PrivacySettings:
         """``patient`` or ``image``."""
         return self.records.unit
 
+    @property
+    def units(self) -> int:
+        """How many privacy units the member split holds."""
+        return len(self.records)
+
+    def make_private(self, config: TrainConfig, data: PreparedData, accelerator: Accelerator, unet: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer, vocabulary: LabelVocabulary | None,
+                     noise_generator: torch.Generator, draw_seed: int) -> tuple[torch.optim.Optimizer, BatchSource]:
+        """:func:`make_private` with these settings (the loop's :class:`~cxrsynth.train.privacy.PrivacyPlan` hook)."""
+        return make_private(config, self, data, accelerator, unet, optimizer, vocabulary, noise_generator, draw_seed)
+
+    def attach_ledger(self, parts: TrainingParts, config: TrainConfig, planned_steps: int,
+                      print_fn: Callable[[str], Any]) -> PrivacyLedger:
+        """:func:`attach_ledger` with these settings."""
+        return attach_ledger(parts, config, self, planned_steps, print_fn)
+
+    def optimisation_step(self, parts: TrainingParts) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`private_optimisation_step`."""
+        return private_optimisation_step(parts)
+
+    def write_report(self, run_dir: Path, ledger: PrivacyLedger, stopped_early: bool) -> dict[str, Any]:
+        """:func:`cxrsynth.dp.accounting.write_privacy_report` (``RUN/privacy.json``)."""
+        return write_privacy_report(run_dir, ledger, stopped_early)
+
 
 def resolve_privacy(config: TrainConfig, data: PreparedData, split: str, num_processes: int) -> PrivacySettings:
     """Resolve ``config``'s DP options on ``data``'s ``split`` (unit, δ, batch sizes, sampling rate).
+
+    This is the DP-SGD :class:`~cxrsynth.train.privacy.PrivacyPlugin` (declared in :mod:`cxrsynth.plugins`).
 
     Raises:
         CxrsynthError: when the patient unit is asked for data without real patient ids, or the
@@ -114,7 +130,7 @@ def make_private(config: TrainConfig, settings: PrivacySettings, data: PreparedD
     """Opacus' DP optimizer around ``optimizer`` and the Poisson record stream of the run.
 
     ``noise_generator`` (Opacus' noise) and ``draw_seed`` (Poisson sampling) must come from
-    :func:`draw_secret_seed`, not from the published ``config.seed``.
+    :func:`cxrsynth.train.components.draw_secret_seed`, not from the published ``config.seed``.
     The optimizer's noise multiplier is 0 until :func:`attach_ledger` sets the calibrated σ.
     ``unet`` gets vmap-friendly attention and, with several processes, rank 0's weights.
     """
@@ -143,7 +159,7 @@ def make_private(config: TrainConfig, settings: PrivacySettings, data: PreparedD
 
 
 def attach_ledger(parts: TrainingParts, config: TrainConfig, settings: PrivacySettings, planned_steps: int,
-                  print_fn=print) -> PrivacyLedger:
+                  print_fn: Callable[[str], Any] = print) -> PrivacyLedger:
     """The run's ledger — restored from the checkpoint just loaded, else freshly calibrated — wired to the optimizer.
 
     Raises:

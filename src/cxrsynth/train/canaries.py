@@ -16,7 +16,7 @@ What a canary is
 
 Secrecy and storage
     The seed of the canaries and of the inclusion mask comes from ``os.urandom``
-    (:func:`cxrsynth.dp.training.draw_secret_seed`), never from ``config.seed``. The images and the
+    (:func:`cxrsynth.train.components.draw_secret_seed`), never from ``config.seed``. The images and the
     mask are stored only in the private run folder, ``RUN/canaries/`` (mode 0700):
     ``canaries.safetensors`` (uint8 M×S×S) and ``inclusion.json`` (mode 0600 each). ``config.yaml``
     records only ``canaries: M``; the prepared data, samples, evaluation and release never see a
@@ -237,7 +237,7 @@ def prepare_canaries(config: TrainConfig, run_dir: Path, resume: bool, size: int
                 f"{canary_folder(run_dir)} holds {len(canaries)} canaries of {canaries.images.shape[1]}², the run "
                 f"asks for {config.canaries} of {size}²", "resume with the run's own settings and data")
         return canaries
-    from cxrsynth.dp.training import draw_secret_seed
+    from cxrsynth.train.components import draw_secret_seed
 
     return make_canaries(config.canaries, size, draw_secret_seed(accelerator))
 

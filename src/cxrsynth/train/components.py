@@ -7,13 +7,14 @@ benchmark) assemble the same model, optimizer and schedules.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import ProjectConfiguration, broadcast_object_list
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -38,14 +39,14 @@ class TrainingParts:
         lr_scheduler: warm-up learning-rate schedule, stepped once per optimizer step.
         ema: EMA of the weights (main process only; None elsewhere).
         noise_scheduler: the 1000-step DDPM training scheduler.
-        stream: the source of micro-batches (a :class:`~cxrsynth.dp.sampling.PoissonRecordStream` in a DP run).
+        stream: the source of micro-batches (in a private run, the plan's record stream).
         noise_generator: generator of noise, timesteps and label dropout on this process.
         draw_seed: seed of the noise generator and the data order: ``config.seed``, or in a DP
             run a secret drawn from OS entropy, kept only in the (private) checkpoints.
         vocabulary: label-set vocabulary of a conditional run, else None.
         step: optimizer steps completed.
         extra_state: JSON-safe entries other trainers keep in checkpoints (e.g. a privacy accountant).
-        privacy: the privacy ledger of a DP run (:class:`cxrsynth.dp.accounting.PrivacyLedger`), else None.
+        privacy: the privacy ledger of a private run (:class:`cxrsynth.train.privacy.PrivacyLedger`), else None.
     """
 
     config: TrainConfig
@@ -144,6 +145,21 @@ def derived_seed(seed: int, *path: int) -> int:
 
 
 NOISE_STREAM = 1
+
+
+def draw_secret_seed(accelerator: Accelerator) -> int:
+    """A 63-bit seed from ``os.urandom`` on the main process, shared with every process.
+
+    A DP run seeds its Gaussian noise, its Poisson sampling and its per-record (timestep, noise,
+    label-dropout) draws from this, never from ``config.seed``: whoever knows the seed of the
+    noise and the other records could subtract the noise and decide membership whatever σ was.
+    Canaries are drawn from one too. The seed is kept only in the run's checkpoints (private), so
+    ``--resume`` continues exactly.
+    """
+    seed = [int.from_bytes(os.urandom(8), "little") >> 1]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(seed, from_process=0)
+    return int(seed[0])
 
 
 def make_noise_generator(seed: int, process_index: int, device: torch.device) -> torch.Generator:

@@ -17,7 +17,6 @@ import os
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
@@ -40,6 +39,7 @@ from cxrsynth.errors import CxrsynthError
 from cxrsynth.fsutil import folder_lock
 from cxrsynth.model.conditioning import LabelVocabulary, run_vocabulary
 from cxrsynth.model.presets import build_unet, check_preset_resolution, get_preset
+from cxrsynth.train.canaries import prepare_canaries, save_canaries, with_canaries
 from cxrsynth.train.checkpoint import (
     CHECKPOINTS_DIR,
     latest_checkpoint,
@@ -53,6 +53,7 @@ from cxrsynth.train.components import (
     build_lr_scheduler,
     build_noise_scheduler,
     build_optimizer,
+    draw_secret_seed,
     ema_unet,
     make_accelerator,
     make_noise_generator,
@@ -60,10 +61,8 @@ from cxrsynth.train.components import (
 from cxrsynth.train.data_stream import MemberImageStream
 from cxrsynth.train.export import PIPELINE_DIR, export_pipeline, write_progress_grid
 from cxrsynth.train.objective import draw_diffusion_noise, drop_labels, per_example_denoising_loss
+from cxrsynth.train.privacy import PrivacyPlan, privacy_plugin
 from cxrsynth.train.run_log import TrainLog
-
-if TYPE_CHECKING:
-    from cxrsynth.dp.training import PrivacySettings
 
 TRAIN_SPLIT = "member"
 
@@ -106,13 +105,13 @@ def describe_device(device: torch.device) -> str:
 
 def describe_run(config: TrainConfig, data: PreparedData, num_processes: int,
                  vocabulary: LabelVocabulary | None, unet_parameters: int,
-                 privacy: PrivacySettings | None = None, device: torch.device | None = None) -> RunFacts:
+                 privacy: PrivacyPlan | None = None, device: torch.device | None = None) -> RunFacts:
     """The :class:`RunFacts` of ``config`` on ``data`` with ``num_processes`` processes (DP: ``privacy``)."""
     members = data.index.loc[data.index["split"] == TRAIN_SPLIT]
     global_batch = config.batch_size * config.grad_accum * num_processes
     records = len(members)
     if privacy is not None:
-        global_batch, records = privacy.logical_batch_size, len(privacy.records)
+        global_batch, records = privacy.logical_batch_size, privacy.units
     return RunFacts(
         image_size=data.size,
         channels=1,
@@ -226,14 +225,14 @@ def optimisation_step(parts: TrainingParts) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def build_parts(config: TrainConfig, data: PreparedData, accelerator: Accelerator, vocabulary: LabelVocabulary | None,
-                privacy: PrivacySettings | None = None) -> TrainingParts:
+                privacy: PrivacyPlan | None = None) -> TrainingParts:
     """Every object of the run, initialised from ``config.seed`` (before any checkpoint is loaded).
 
     In a DP run the noise generator and the Poisson sampling are seeded from OS entropy instead
-    (:func:`cxrsynth.dp.training.draw_secret_seed`); only the initial weights follow ``config.seed``.
+    (:func:`~cxrsynth.train.components.draw_secret_seed`); only the initial weights follow ``config.seed``.
 
-    With ``privacy`` (a DP run) the optimizer is Opacus' and the data Poisson-sampled records;
-    the ledger is attached after the checkpoint is loaded (:func:`cxrsynth.dp.training.attach_ledger`).
+    With ``privacy`` (a DP run's plan, :class:`~cxrsynth.train.privacy.PrivacyPlan`) the plan makes
+    the optimizer and the record stream; the ledger is attached after the checkpoint is loaded.
     """
     set_seed(config.seed, device_specific=True)
     preset = get_preset(config.preset)
@@ -243,15 +242,11 @@ def build_parts(config: TrainConfig, data: PreparedData, accelerator: Accelerato
     ema = build_ema(config, unet) if accelerator.is_main_process else None
     draw_seed = config.seed
     if privacy is not None:
-        from cxrsynth.dp.training import draw_secret_seed
-
         draw_seed = draw_secret_seed(accelerator)
     noise_generator = make_noise_generator(draw_seed, accelerator.process_index, accelerator.device)
     if privacy is not None:
-        from cxrsynth.dp.training import make_private
-
-        optimizer, stream = make_private(config, privacy, data, accelerator, unet, optimizer, vocabulary,
-                                         noise_generator, draw_seed)
+        optimizer, stream = privacy.make_private(config, data, accelerator, unet, optimizer, vocabulary,
+                                                 noise_generator, draw_seed)
     else:
         # DDP broadcasts rank 0's initial weights, so per-process seeds above do not split the model.
         unet, optimizer = accelerator.prepare(unet, optimizer)
@@ -434,17 +429,13 @@ def _release_accelerate_state(accelerator: Accelerator) -> None:
 def _run(config: TrainConfig, run_dir: Path, resume: bool, data: PreparedData,
          vocabulary: LabelVocabulary | None, accelerator: Accelerator) -> Path:
     """The body of :func:`train` once the data is loaded and Accelerate is set up."""
-    from cxrsynth.train.canaries import prepare_canaries, save_canaries, with_canaries
-
     # Included canaries are trained (and, under DP, counted) like patients; `data` stays the real data,
     # whose fingerprint and counts config.yaml records.
     canaries = prepare_canaries(config, run_dir, resume, data.size, accelerator)
     training_data = with_canaries(data, canaries)
     privacy = None
     if config.dp:
-        from cxrsynth.dp.training import resolve_privacy
-
-        privacy = resolve_privacy(config, training_data, TRAIN_SPLIT, accelerator.num_processes)
+        privacy = privacy_plugin()(config, training_data, TRAIN_SPLIT, accelerator.num_processes)
     parts = build_parts(config, training_data, accelerator, vocabulary, privacy)
     facts = describe_run(config, data, accelerator.num_processes, vocabulary,
                          sum(p.numel() for p in parts.base_unet.parameters()), privacy, accelerator.device)
@@ -470,10 +461,8 @@ def _run(config: TrainConfig, run_dir: Path, resume: bool, data: PreparedData,
     total = facts.total_steps
     step_function = optimisation_step
     if privacy is not None:
-        from cxrsynth.dp.training import attach_ledger, private_optimisation_step
-
-        attach_ledger(parts, config, privacy, total, accelerator.print)
-        step_function = private_optimisation_step
+        privacy.attach_ledger(parts, config, total, accelerator.print)
+        step_function = privacy.optimisation_step
         total = _steps_within_budget(parts, total)
     log = TrainLog(run_dir) if accelerator.is_main_process else None
     if log is not None:
@@ -501,10 +490,8 @@ def _run(config: TrainConfig, run_dir: Path, resume: bool, data: PreparedData,
     pipeline_dir = run_dir / PIPELINE_DIR
     if accelerator.is_main_process:
         export_pipeline(run_dir, ema_unet(parts), parts.noise_scheduler, vocabulary)
-        if parts.privacy is not None:
-            from cxrsynth.dp.accounting import write_privacy_report
-
-            report = write_privacy_report(run_dir, parts.privacy, stopped_early=total < facts.total_steps)
+        if privacy is not None:
+            report = privacy.write_report(run_dir, parts.privacy, stopped_early=total < facts.total_steps)
             accelerator.print(f"DP guarantee: ({report['epsilon']:.3f}, {report['delta']:.3g})-DP per "
                               f"{report['unit']} after {report['steps']} steps ({run_dir / PRIVACY_FILE})")
     accelerator.wait_for_everyone()
