@@ -39,8 +39,9 @@ from cxrsynth.errors import CxrsynthError
 __all__ = [
     "AUDIT_FILE", "AUDIT_FOLDER", "CONFIG_FILE", "EVAL_FOLDER", "FIDELITY_FILE", "LOCK_FILE", "PIPELINE_FOLDER",
     "PRIVACY_FILE", "SAMPLES_FOLDER", "SAMPLE_MANIFEST", "SAMPLE_SETTINGS", "SyntheticSet", "audit_path",
-    "count_samples", "fidelity_path", "folder_lock", "load_run_data", "manifest_rows", "read_json_file",
-    "locks_run", "read_sample_image", "read_samples", "run_data_path", "run_lock", "samples_folder",
+    "count_samples", "fidelity_path", "folder_lock", "load_run_data", "locks_run", "manifest_rows", "read_json_file",
+    "read_sample_image", "read_sample_settings", "read_samples", "resolve_pipeline_dir", "run_data_path", "run_lock",
+    "samples_folder",
 ]
 
 SAMPLES_FOLDER = "samples"
@@ -90,6 +91,22 @@ def read_json_file(path: Path, problems: list[str]) -> dict | None:
         problems.append(f"{path} does not hold a JSON object; shown as not run")
         return None
     return value
+
+
+def resolve_pipeline_dir(run: str | Path) -> Path:
+    """The diffusers pipeline folder of ``run`` (``RUN/pipeline``, or ``run`` itself if it is one).
+
+    Raises:
+        CxrsynthError: when neither holds a ``model_index.json``.
+    """
+    run = Path(run)
+    for candidate in (run / PIPELINE_FOLDER, run):
+        if (candidate / "model_index.json").is_file():
+            return candidate
+    raise CxrsynthError(
+        f"no trained model in {run}: expected {run / 'pipeline' / 'model_index.json'}",
+        "pass the run folder of a finished `cxrsynth train` (it writes RUN/pipeline at the end)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,6 +254,26 @@ def read_samples(folder: Path, limit: int | None, size: int, warnings: list[str]
     if labels is not None and not all(text.strip() for text in labels):
         labels = None  # unconditional samples: the manifest's label column is empty
     return SyntheticSet(images=np.stack(images), labels=labels, folder=folder, files=tuple(files))
+
+
+def read_sample_settings(path: Path) -> dict:
+    """The ``sampling.json`` of a samples folder.
+
+    Raises:
+        CxrsynthError: when it is unreadable, not UTF-8 JSON, or not an object.
+    """
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        record, problem = None, f"{type(exc).__name__}: {exc}"
+    else:
+        problem = "not a JSON object"
+    if not isinstance(record, dict):
+        raise CxrsynthError(
+            f"{path} is corrupt ({problem}), so the settings of the samples beside it are unknown",
+            f"delete {path.parent} (or sample into another --out) and run `cxrsynth sample` again",
+        )
+    return record
 
 
 def count_samples(folder: Path) -> int:

@@ -106,7 +106,7 @@ def test_missing_samples_are_generated_with_the_fast_sampler(tmp_path: Path, res
     shutil.rmtree(run / "samples")
     add_tiny_pipeline(run, tmp_path / "prepared", conditional=True)
     assert _evaluate("--run", str(run), "--num-samples", "2", "--metrics", "pixel") == 0
-    from cxrsynth.sample import SETTINGS_FILE
+    from cxrsynth.runfolder import SAMPLE_SETTINGS as SETTINGS_FILE
 
     settings = json.loads((run / "samples" / SETTINGS_FILE).read_text())
     assert (settings["sampler"], settings["steps"], settings["labels"]) == ("ddpm", 25, "from-data")

@@ -110,7 +110,7 @@ def test_release_never_exports_a_planted_copy_of_a_member_image(
     tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     members = member_images(tiny_run)
-    monkeypatch.setattr("cxrsynth.release.SampledCandidates", planting(members, {0: 0, 2: 7, 5: 13}))
+    monkeypatch.setattr("cxrsynth.release.bundle.SampledCandidates", planting(members, {0: 0, 2: 7, 5: 13}))
     out = tmp_path / "release"
     with pytest.raises(SystemExit) as exit_info:
         main(["release", "--run", str(tiny_run), "--out", str(out), "--num-images", "6", *FAST])
@@ -196,8 +196,8 @@ def test_nothing_in_a_release_lets_a_reader_regenerate_the_dropped_candidates(
 
     members = member_images(tiny_run)
     planted = planting(members, {1: 2, 3: 9})
-    monkeypatch.setattr("cxrsynth.release.SampledCandidates", planted)
-    monkeypatch.setattr("cxrsynth.release.secret_seed", lambda: SECRET)
+    monkeypatch.setattr("cxrsynth.release.bundle.SampledCandidates", planted)
+    monkeypatch.setattr("cxrsynth.release.bundle.secret_seed", lambda: SECRET)
     out = tmp_path / "release"
     report = release_run(tiny_run, out, ReleaseOptions(num_images=4, image_format="dicom", steps=2, reid_steps=10,
                                                        device="cpu", batch_size=8, seed=3))

@@ -30,7 +30,7 @@ def _sample(run: Path, out: Path, count: int = 4) -> list[str]:
 
 def test_disk_full_during_sample_then_rerun(run: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """ENOSPC at the third image: a clear error, no temporary file, no manifest; the rerun writes only what is missing."""
-    import cxrsynth.sample as sample
+    import cxrsynth.sample.generate as sample
 
     real_write = sample.atomic_write_bytes
     written: list[str] = []

@@ -74,7 +74,7 @@ def test_out_under_a_file(run: Path, tmp_path: Path, capsys) -> None:
 
 def test_disk_full_while_writing_the_release(run: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """ENOSPC at the first released image: a clear error, and no partial release folder."""
-    import cxrsynth.release as release
+    import cxrsynth.release.bundle as release
 
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "synthetic_000000.png"))

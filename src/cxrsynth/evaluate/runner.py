@@ -138,8 +138,8 @@ from cxrsynth.evaluate.table import NOT_REQUESTED, results_table, table_rows
 from cxrsynth.evaluate.utility import RealTrainingSet, UtilityInputs, evaluate_utility, label_matrix_from_texts
 from cxrsynth.fsutil import atomic_write_json
 from cxrsynth.runfolder import (EVAL_FOLDER, SAMPLE_SETTINGS, SyntheticSet, count_samples, fidelity_path, load_run_data,
-                                locks_run, read_samples, samples_folder)
-from cxrsynth.sample import generate_samples, read_settings_file
+                                locks_run, read_sample_settings, read_samples, samples_folder)
+from cxrsynth.sample import generate_samples
 
 __all__ = ["EvaluateOptions", "METRIC_GROUPS", "NOT_REQUESTED", "REPORT_KEYS", "evaluate_run", "parse_metrics",
            "results_table", "table_rows"]
@@ -236,7 +236,7 @@ def ensure_samples(run_dir: Path, folder: Path, wanted: int, seed: int, progress
         CxrsynthError: when the run has no trained model to sample from, or ``sampling.json`` is corrupt.
     """
     settings_path = folder / SAMPLE_SETTINGS
-    settings = read_settings_file(settings_path) if settings_path.is_file() else None
+    settings = read_sample_settings(settings_path) if settings_path.is_file() else None
     kwargs: dict = {"sampler": FAST_SAMPLER, "steps": FAST_STEPS, "seed": seed, "image_format": "png"}
     if settings is not None:
         kwargs = {

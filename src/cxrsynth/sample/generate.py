@@ -1,6 +1,6 @@
-"""Generate synthetic radiographs from a trained run: PNG or DICOM files plus ``manifest.csv``.
+"""Generate a run's images into a samples folder: the job, its files and manifest, sharded generation.
 
-Guarantees:
+Guarantees (of :func:`generate_samples`):
 
 - **Image i is a function of (seed, i)** (and the model and settings): its noise, its stochastic
   steps and, with ``--label-mix from-data``, its label set come from streams seeded by the pair.
@@ -18,9 +18,7 @@ Guarantees:
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,253 +26,25 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from accelerate import PartialState
 from PIL import Image
+from tqdm.auto import tqdm
 
 from cxrsynth.data.dataset import to_uint8
 from cxrsynth.dicom_export import SyntheticSeries, new_synthetic_series, write_synthetic_dicom
 from cxrsynth.errors import CxrsynthError
 from cxrsynth.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_parent
-from cxrsynth.model.conditioning import LabelVocabulary
 from cxrsynth.model.samplers import DEFAULT_STEPS, SAMPLERS, check_steps, sample_batch
+from cxrsynth.runfolder import SAMPLE_MANIFEST, SAMPLE_SETTINGS, SAMPLES_FOLDER, read_sample_settings, run_lock
+from cxrsynth.sample.labels import LabelPlan, plan_labels, resolve_guidance
+from cxrsynth.sample.model import SamplingModel, load_sampling_model
+from cxrsynth.train.canaries import run_canary_count
 
 FORMATS: tuple[str, ...] = ("png", "dicom")
 FILE_SUFFIX: dict[str, str] = {"png": ".png", "dicom": ".dcm"}
-MANIFEST_FILE = "manifest.csv"
 MANIFEST_COLUMNS: tuple[str, ...] = ("file", "index", "seed", "sampler", "steps", "label", "guidance")
-SETTINGS_FILE = "sampling.json"
 CANARY_NOTE = ("audit run: the model was trained with canary patients (cxrsynth train --canaries); "
                "its samples are for measuring the run, not for release")
-LABEL_MIX_FROM_DATA = "from-data"
-LABEL_MIX_UNIFORM = "uniform"
-LABEL_MIXES: tuple[str, ...] = (LABEL_MIX_FROM_DATA, LABEL_MIX_UNIFORM)
-DEFAULT_GUIDANCE = 2.0
-"""Classifier-free guidance weight used for conditional runs when none is given."""
-
-_LABEL_STREAM = 1
-"""Extra seed word for label draws, so they are independent of the image's noise stream."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading the model
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SamplingModel:
-    """A trained model ready to sample from.
-
-    Attributes:
-        unet: the denoiser (eval mode).
-        scheduler: the training noise scheduler.
-        vocabulary: label-set vocabulary of a class-conditional model; None when unconditional.
-        fingerprint: sha256 over the UNet weights and scheduler config (identifies the model).
-    """
-
-    unet: UNet2DModel
-    scheduler: DDPMScheduler
-    vocabulary: LabelVocabulary | None
-    fingerprint: str
-
-
-def resolve_pipeline_dir(run: str | Path) -> Path:
-    """The diffusers pipeline folder of ``run`` (``RUN/pipeline``, or ``run`` itself if it is one).
-
-    Raises:
-        CxrsynthError: when neither holds a ``model_index.json``.
-    """
-    run = Path(run)
-    for candidate in (run / "pipeline", run):
-        if (candidate / "model_index.json").is_file():
-            return candidate
-    raise CxrsynthError(
-        f"no trained model in {run}: expected {run / 'pipeline' / 'model_index.json'}",
-        "pass the run folder of a finished `cxrsynth train` (it writes RUN/pipeline at the end)",
-    )
-
-
-def _safetensors_files(unet_dir: Path) -> list[Path]:
-    weights = sorted(unet_dir.glob("*.safetensors"))
-    if weights:
-        return weights
-    pickled = sorted(p.name for p in unet_dir.glob("*.bin")) + sorted(p.name for p in unet_dir.glob("*.pt*"))
-    if pickled:
-        raise CxrsynthError(
-            f"{unet_dir} holds only pickled weights ({', '.join(pickled)}); cxrsynth loads safetensors only,"
-            " because unpickling a file can run arbitrary code",
-            "convert the weights to safetensors in a trusted environment "
-            "(UNet2DModel.from_pretrained(...).save_pretrained(folder, safe_serialization=True))",
-        )
-    raise CxrsynthError(f"no UNet weights in {unet_dir}", "re-run `cxrsynth train` to write RUN/pipeline")
-
-
-def _model_fingerprint(weights: Sequence[Path], scheduler_config: Path) -> str:
-    digest = hashlib.sha256()
-    for path in [*weights, scheduler_config]:
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _check_vocabulary(unet: UNet2DModel, vocabulary: LabelVocabulary | None, pipeline_dir: Path) -> None:
-    embeds = unet.config.num_class_embeds
-    if vocabulary is None and embeds is not None:
-        raise CxrsynthError(
-            f"{pipeline_dir} holds a class-conditional UNet ({embeds} classes) but no label_vocabulary.json",
-            "copy label_vocabulary.json from the training run into the pipeline folder",
-        )
-    if vocabulary is not None and embeds != vocabulary.num_class_embeds:
-        raise CxrsynthError(
-            f"label_vocabulary.json in {pipeline_dir} has {vocabulary.num_class_embeds} classes (with null) "
-            f"but the UNet has num_class_embeds={embeds}",
-            "use the label_vocabulary.json written by the same training run",
-        )
-
-
-def load_sampling_model(run: str | Path, device: torch.device | str = "cpu") -> SamplingModel:
-    """Load the UNet (safetensors only), training scheduler and label vocabulary of a run.
-
-    Args:
-        run: run folder (or its ``pipeline`` folder).
-        device: where to put the UNet.
-
-    Returns:
-        The :class:`SamplingModel`, UNet in eval mode on ``device``.
-
-    Raises:
-        CxrsynthError: for a missing or incomplete pipeline, pickled weights, a UNet that is not
-            single-channel, or a vocabulary that does not match the UNet.
-    """
-    pipeline_dir = resolve_pipeline_dir(run)
-    weights = _safetensors_files(pipeline_dir / "unet")
-    scheduler_config = pipeline_dir / "scheduler" / "scheduler_config.json"
-    if not scheduler_config.is_file():
-        raise CxrsynthError(f"missing {scheduler_config}", "re-run `cxrsynth train` to write RUN/pipeline")
-    try:
-        unet = UNet2DModel.from_pretrained(pipeline_dir, subfolder="unet", use_safetensors=True)
-        scheduler = DDPMScheduler.from_pretrained(pipeline_dir, subfolder="scheduler")
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise CxrsynthError(
-            f"cannot load the model in {pipeline_dir}: {exc}", "re-run `cxrsynth train` to write RUN/pipeline"
-        ) from exc
-    if unet.config.in_channels != 1 or unet.config.out_channels != 1:
-        raise CxrsynthError(
-            f"the UNet in {pipeline_dir} has {unet.config.in_channels} input / {unet.config.out_channels} output "
-            "channels; cxrsynth generates single-channel radiographs",
-            "sample from a model trained by `cxrsynth train`",
-        )
-    vocabulary = LabelVocabulary.load(pipeline_dir)
-    _check_vocabulary(unet, vocabulary, pipeline_dir)
-    unet.to(device).eval().requires_grad_(False)
-    return SamplingModel(unet, scheduler, vocabulary, _model_fingerprint(weights, scheduler_config))
-
-
-# ---------------------------------------------------------------------------------------------
-# Labels
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LabelPlan:
-    """Which class each image index gets.
-
-    Attributes:
-        vocabulary: the model's vocabulary; None for an unconditional model (no labels).
-        fixed_class: class id of ``--label`` for every image, or None to draw from ``mix``.
-        seed: run seed (the draw for image ``i`` is seeded by ``(seed, i)``).
-        mix: ``from-data`` (training frequencies) or ``uniform`` (every label set alike), when
-            ``fixed_class`` is None.
-    """
-
-    vocabulary: LabelVocabulary | None
-    fixed_class: int | None
-    seed: int
-    mix: str = LABEL_MIX_FROM_DATA
-
-    @property
-    def description(self) -> str:
-        """How labels are chosen, as recorded in ``sampling.json``."""
-        if self.vocabulary is None:
-            return "unconditional"
-        if self.fixed_class is None:
-            return self.mix
-        return f"label:{self.vocabulary.label_sets[self.fixed_class]}"
-
-    def class_id(self, index: int) -> int | None:
-        """Class id of image ``index`` (None for an unconditional model)."""
-        if self.vocabulary is None:
-            return None
-        if self.fixed_class is not None:
-            return self.fixed_class
-        rng = np.random.default_rng([self.seed, int(index), _LABEL_STREAM])
-        if self.mix == LABEL_MIX_UNIFORM:
-            return int(self.vocabulary.sample_uniform(1, rng)[0])
-        return int(self.vocabulary.sample_from_data(1, rng)[0])
-
-    def class_ids(self, indices: Sequence[int]) -> torch.Tensor | None:
-        """Class ids of ``indices`` as an int64 tensor; None for an unconditional model."""
-        if self.vocabulary is None:
-            return None
-        return torch.tensor([self.class_id(i) for i in indices], dtype=torch.long)
-
-    def label_text(self, index: int) -> str:
-        """The label set of image ``index`` as written to the manifest ('' when unconditional)."""
-        class_id = self.class_id(index)
-        return "" if class_id is None or self.vocabulary is None else self.vocabulary.label_sets[class_id]
-
-
-def plan_labels(
-    vocabulary: LabelVocabulary | None, label: str | None, label_mix: str | None, seed: int
-) -> LabelPlan:
-    """Check ``--label`` / ``--label-mix`` against the model and decide each image's class.
-
-    A conditional model given neither draws labels with the training frequencies (from-data), or
-    uniformly over its label sets when it stores no frequencies (a DP run's schema vocabulary).
-
-    Raises:
-        CxrsynthError: a label option on an unconditional model, both options at once, an unknown
-            ``label_mix``, ``from-data`` on a model without training counts, or a label set the
-            model does not know.
-    """
-    if label is not None and label_mix is not None:
-        raise CxrsynthError("--label and --label-mix were both given", "use one of them")
-    if label_mix is not None and label_mix not in LABEL_MIXES:
-        raise CxrsynthError(f"unknown --label-mix {label_mix!r}", f"use --label-mix {' or '.join(LABEL_MIXES)}")
-    if vocabulary is None:
-        if label is not None or label_mix is not None:
-            option = "--label" if label is not None else "--label-mix"
-            raise CxrsynthError(
-                f"{option} was given but this model is unconditional (it was trained without labels)",
-                "drop the option, or sample from a run trained with `cxrsynth train --conditional`",
-            )
-        return LabelPlan(None, None, seed)
-    fixed = int(vocabulary.encode([label])[0]) if label is not None else None
-    if label_mix is None:
-        label_mix = LABEL_MIX_FROM_DATA if vocabulary.counts is not None else LABEL_MIX_UNIFORM
-    if fixed is None and label_mix == LABEL_MIX_FROM_DATA:
-        vocabulary.require_counts()
-    return LabelPlan(vocabulary, fixed, seed, label_mix)
-
-
-def resolve_guidance(vocabulary: LabelVocabulary | None, guidance_scale: float | None) -> float:
-    """The guidance weight to use: ``DEFAULT_GUIDANCE`` for conditional models unless given, 1 otherwise.
-
-    Raises:
-        CxrsynthError: a guidance other than 1 for an unconditional model, or a negative one.
-    """
-    if vocabulary is None:
-        if guidance_scale is not None and guidance_scale != 1.0:
-            raise CxrsynthError(
-                f"--guidance-scale {guidance_scale:g} needs a class-conditional model; this one is unconditional",
-                "drop --guidance-scale",
-            )
-        return 1.0
-    scale = DEFAULT_GUIDANCE if guidance_scale is None else float(guidance_scale)
-    if scale < 0 or not np.isfinite(scale):
-        raise CxrsynthError(f"--guidance-scale {scale:g} is invalid", "use a value >= 0 (1 = no guidance)")
-    return scale
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,26 +61,6 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def read_settings_file(path: Path) -> dict:
-    """The ``sampling.json`` of a samples folder.
-
-    Raises:
-        CxrsynthError: when it is unreadable, not UTF-8 JSON, or not an object.
-    """
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        record, problem = None, f"{type(exc).__name__}: {exc}"
-    else:
-        problem = "not a JSON object"
-    if not isinstance(record, dict):
-        raise CxrsynthError(
-            f"{path} is corrupt ({problem}), so the settings of the samples beside it are unknown",
-            f"delete {path.parent} (or sample into another --out) and run `cxrsynth sample` again",
-        )
-    return record
 
 
 @dataclass(frozen=True)
@@ -363,9 +113,9 @@ class SamplingJob:
         Raises:
             CxrsynthError: when ``sampling.json`` differs, or sample files exist without it.
         """
-        path, record = self.out / SETTINGS_FILE, self.settings()
+        path, record = self.out / SAMPLE_SETTINGS, self.settings()
         if path.is_file():
-            existing = read_settings_file(path)
+            existing = read_sample_settings(path)
             different = sorted(key for key in record if existing.get(key) != record[key])
             if different:
                 details = ", ".join(f"{key}: {existing.get(key)!r} -> {record[key]!r}" for key in different)
@@ -376,7 +126,7 @@ class SamplingJob:
             return
         if any(self.out.glob("sample_*")):
             raise CxrsynthError(
-                f"{self.out} holds sample files but no {SETTINGS_FILE}, so their settings are unknown",
+                f"{self.out} holds sample files but no {SAMPLE_SETTINGS}, so their settings are unknown",
                 "use another --out folder or delete the old files",
             )
         if is_main:
@@ -388,7 +138,7 @@ class SamplingJob:
         """The DICOM series recorded for this folder (None for PNG output)."""
         if self.image_format != "dicom":
             return None
-        return SyntheticSeries.from_json(read_settings_file(self.out / SETTINGS_FILE)["dicom_series"])
+        return SyntheticSeries.from_json(read_sample_settings(self.out / SAMPLE_SETTINGS)["dicom_series"])
 
     def generate(self, indices: Sequence[int], series: SyntheticSeries | None) -> None:
         """Generate images ``indices`` as one batch and write each file atomically."""
@@ -425,7 +175,7 @@ class SamplingJob:
         for index in range(num_images):
             writer.writerow([self.path(index).name, index, self.seed, self.sampler, self.steps,
                              self.labels.label_text(index), guidance])
-        return atomic_write_text(self.out / MANIFEST_FILE, buffer.getvalue())
+        return atomic_write_text(self.out / SAMPLE_MANIFEST, buffer.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,11 +277,9 @@ def generate_samples(
 
     Raises:
         CxrsynthError: for invalid options, a missing/unsafe model, label options that do not fit
-            the model, or an output folder made with other settings.
+            the model, an output folder made with other settings, or a run (or output) folder
+            another live process holds (``.cxrsynth.lock``; an evaluate of this process may hold it).
     """
-    from accelerate import PartialState
-    from tqdm.auto import tqdm
-
     _check_request(num_images, sampler, batch_size, seed, image_format)
     steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
     # Without cpu=True, accelerate ignores a multi-process launch on a machine with no GPU
@@ -542,25 +290,34 @@ def generate_samples(
     guidance = resolve_guidance(model.vocabulary, guidance_scale)
     check_steps(sampler, steps, int(model.scheduler.config.num_train_timesteps))
 
-    out_dir = Path(out) if out is not None else Path(run) / "samples"
+    out_dir = Path(out) if out is not None else Path(run) / SAMPLES_FOLDER
     check_output_parent(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from cxrsynth.train.canaries import run_canary_count
+    with run_lock(_lock_folder(Path(run), out_dir), "cxrsynth sample"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        canaries = run_canary_count(run)
+        if canaries and state.is_main_process:
+            warnings.warn(f"{run}: {CANARY_NOTE} ({canaries} canaries); noted in {SAMPLE_SETTINGS}", stacklevel=2)
+        job = SamplingJob(model, out_dir, sampler, steps, seed, image_format, labels, guidance, canaries)
+        return _run_job(job, state, num_images, batch_size, progress)
 
-    canaries = run_canary_count(run)
-    if canaries and state.is_main_process:
-        warnings.warn(f"{run}: {CANARY_NOTE} ({canaries} canaries); noted in {SETTINGS_FILE}", stacklevel=2)
-    job = SamplingJob(model, out_dir, sampler, steps, seed, image_format, labels, guidance, canaries)
+
+def _lock_folder(run: Path, out_dir: Path) -> Path:
+    """The folder whose lock a sampling job holds: the run when the samples go inside it, else the output folder."""
+    return run if out_dir.resolve().is_relative_to(run.resolve()) else out_dir
+
+
+def _run_job(job: SamplingJob, state: PartialState, num_images: int, batch_size: int, progress: bool) -> SampleReport:
+    """Generate this process's missing share of ``0..num_images-1``; the main process writes the manifest."""
     job.check_or_record_settings(state.is_main_process)
     state.wait_for_everyone()
     series = job.dicom_series()
 
-    report = SampleReport(out_dir, state.process_index, state.num_processes)
+    report = SampleReport(job.out, state.process_index, state.num_processes)
     pending = []
     for index in shard_indices(num_images, state.process_index, state.num_processes):
         (report.skipped if job.path(index).is_file() else pending).append(index)
 
-    bar = tqdm(total=len(pending), desc=f"sampling ({sampler}, {steps} steps)", unit="img",
+    bar = tqdm(total=len(pending), desc=f"sampling ({job.sampler}, {job.steps} steps)", unit="img",
                disable=not (progress and state.is_main_process))
     for start in range(0, len(pending), batch_size):
         batch = pending[start : start + batch_size]
