@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cxrsynth.audit.metrics import attack_metrics
 from cxrsynth.audit.patients import aggregate, choose_aggregation, patient_images, patient_metrics, ScoredImages
 from cxrsynth.audit.runner import AuditOptions, audit_run, select_audited_set
 from cxrsynth.data.prepared import load_prepared
@@ -42,17 +43,35 @@ def memorised_one_follow_up(n_patients: int = 200, images: int = 10, seed: int =
 
 def test_the_most_member_like_image_wins_when_one_follow_up_is_memorised() -> None:
     scores, owner, is_member, is_calibration = memorised_one_follow_up()
-    how, aucs = choose_aggregation(scores, owner, is_member, is_calibration, "lower")
-    assert how == "min" and aucs["min"] > 0.95 > aucs["mean"]
+    how, tail, aucs, tails = choose_aggregation(scores, owner, is_member, is_calibration, "lower")
+    assert how == "min" == tail and aucs["min"] > 0.95 > aucs["mean"] and tails["min"] > tails["mean"]
     scored = ScoredImages(np.arange(len(owner)), owner, len(is_member))
     result, aggregated = patient_metrics(scores, scored, is_member, is_calibration, "lower", delta=1e-5, seed=0)
-    assert result["aggregation"] == "min" and result["auc"] > 0.95
+    assert result["aggregation"] == "min" == result["tail_aggregation"] and result["auc"] > 0.95
     assert result["images_per_patient"] == {"mean": 10.0, "max": 10}
     # The image-level audit draws one image per patient and misses most memorised follow-ups.
     first = scores[np.arange(len(is_member)) * 10]
-    from cxrsynth.audit.metrics import attack_metrics
-
     assert attack_metrics(first, is_member, is_calibration, "lower")["auc"] < 0.7
+
+
+def test_a_few_memorised_follow_ups_choose_max_for_the_tail_whatever_the_auc_prefers() -> None:
+    # 5 of 100 calibration members have one image far above everything (higher ⇒ member); the AUCs of
+    # the aggregations differ only by noise, but only max keeps those members above every non-member.
+    rng = np.random.default_rng(3)
+    n_patients, images = 400, 6
+    owner = np.repeat(np.arange(n_patients), images)
+    scores = rng.normal(size=len(owner)) + np.repeat(rng.normal(size=n_patients), images)
+    is_member = np.arange(n_patients) % 2 == 0
+    is_calibration = rng.permutation(n_patients) < n_patients // 2
+    leaky = rng.choice(np.flatnonzero(is_member), size=20, replace=False)
+    scores[leaky * images + 1] = 12.0
+    how, tail, aucs, tails = choose_aggregation(scores, owner, is_member, is_calibration, "higher")
+    assert tail == "max" and tails["max"] >= 5 and tails["mean"] < tails["max"]
+    scored = ScoredImages(np.arange(len(owner)), owner, n_patients)
+    result, _ = patient_metrics(scores, scored, is_member, is_calibration, "higher", delta=1e-5, seed=0)
+    assert result["tail_aggregation"] == "max" and result["tpr_at_zero_fpr"] >= 0.05 and result["p_value_tail"] < 0.01
+    on_auc_choice = attack_metrics(aggregate(scores, owner, n_patients, how), is_member, is_calibration, "higher")
+    assert result["aggregation"] == how and result["auc"] == pytest.approx(on_auc_choice["auc"])
 
 
 def test_the_aggregation_is_chosen_without_looking_at_evaluation_membership() -> None:

@@ -147,7 +147,14 @@ from typing import Callable
 import numpy as np
 
 from cxrsynth.audit import metrics
-from cxrsynth.audit.patients import DEFAULT_MAX_IMAGES_PER_PATIENT, UNITS, ScoredImages, patient_images, patient_metrics
+from cxrsynth.audit.patients import (
+    DEFAULT_MAX_IMAGES_PER_PATIENT,
+    UNITS,
+    ScoredImages,
+    aggregation_label,
+    patient_images,
+    patient_metrics,
+)
 from cxrsynth.audit.summary import PATIENT_SUFFIX, power_report, summarise, write_verdict
 from cxrsynth.audit.registry import (
     NEEDS_FEATURES,
@@ -553,7 +560,7 @@ def score_attacks(specs: list[AttackSpec], context: AttackContext, audited: Audi
             patient_result, _ = patient_metrics(scores, scored, audited.is_member, audited.is_calibration,
                                                 spec.member_if, delta, seed)
             output.patient_results[spec.name] = {"access": spec.access, **patient_result}
-            log(f"{spec.name} (patients, {patient_result['aggregation']}): AUC {patient_result['auc']:.3f}")
+            log(f"{spec.name} (patients, {aggregation_label(patient_result)}): AUC {patient_result['auc']:.3f}")
     return output
 
 
@@ -832,11 +839,12 @@ def table_rows(report: dict, with_tests: bool = False) -> list[tuple[str, ...]]:
 
     TPRs are at thresholds fixed on the calibration half; the Holm p is the smallest adjusted p of the
     attack's tests (``*`` when rejected at the family-wise 5%). Patient-level results (``--unit
-    patient``) follow the image-level ones as ``<attack> @patient (<aggregation>)``.
+    patient``) follow the image-level ones as ``<attack> @patient (<aggregation>)``
+    (:func:`cxrsynth.audit.patients.aggregation_label`).
     """
     rows = []
     levels = [(name, name, result) for name, result in report["attacks"].items()]
-    levels += [(f"{name}{PATIENT_SUFFIX}", f"{name} @patient ({result['aggregation']})", result)
+    levels += [(f"{name}{PATIENT_SUFFIX}", f"{name} @patient ({aggregation_label(result)})", result)
                for name, result in (report.get("patient_attacks") or {}).items()]
     for name, label, result in levels:
         interval = result["auc_ci"]
