@@ -103,6 +103,11 @@ class TrainConfig:
         canaries: one-run audit (Steinke et al. 2023): M synthetic canary patients, each included in
             training with probability ½ (:mod:`cxrsynth.train.canaries`); 0 for none. A run with
             canaries is an audit run: ``cxrsynth release`` refuses it.
+        threads: torch CPU threads per process (``--threads``); None: the command's default
+            (:func:`cxrsynth.cli.common.default_threads`). Changes the speed, not the recipe, so
+            ``--resume`` may change it; on CPU a different count rounds sums differently (about 1e-8
+            in the weights after 3 steps, bench/threads.py), so only an unchanged count keeps a resumed
+            run bit-identical.
     """
 
     data: str
@@ -149,6 +154,7 @@ class TrainConfig:
     logical_batch_size: int | None = None
     physical_batch_size: int | None = None
     canaries: int = 0
+    threads: int | None = None
 
     def validate(self) -> None:
         """Check every setting's range and choice.
@@ -201,6 +207,8 @@ class TrainConfig:
             _invalid("beta_start/beta_end", (self.beta_start, self.beta_end), "0 < beta_start < beta_end < 1")
         if self.canaries < 0:
             _invalid("--canaries", self.canaries, "an integer >= 0")
+        if self.threads is not None and self.threads < 1:
+            _invalid("--threads", self.threads, "an integer >= 1 (or leave it out for the default)")
         if self.canaries and self.conditional:
             raise CxrsynthError("--canaries is not supported with --conditional (canaries carry no finding labels)",
                                 "audit an unconditional run with the same recipe, or leave out --canaries")
@@ -277,10 +285,11 @@ class RunFacts:
 
 RESUME_MUTABLE_SETTINGS: frozenset[str] = frozenset(
     {"data", "max_steps", "epochs", "checkpoint_every", "keep_checkpoints", "progress_every", "log_every",
-     "log_with", "mixed_precision", "progress_sampler", "progress_steps", "progress_images"}
+     "log_with", "mixed_precision", "progress_sampler", "progress_steps", "progress_images", "threads"}
 )
 """Settings ``--resume`` may change: they do not alter the trajectory of the weights (or, for
-``mixed_precision``, let a CPU run continue on a GPU). ``data`` may move if its content does not."""
+``mixed_precision``, let a CPU run continue on a GPU; ``threads`` only round sums differently).
+``data`` may move if its content does not."""
 
 
 def _option(name: str) -> str:

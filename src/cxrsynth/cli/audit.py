@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from cxrsynth.cli.common import threads_option, torch_threads
+
 ATTACKS_HELP = (
     "Comma-separated attacks (default: every one that applies). White-box (need the model): loss (ε-prediction "
     "MSE at --timestep over --noise-draws draws), sima (score norm on the clean image), gsa (gradient norms of the loss, "
@@ -75,6 +77,7 @@ def audit_command(
         300, "--reid-steps", min=1,
         help="Training steps of the patient-verification network (holdout+test patients only) used for re-identification.",
     ),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Audit what a trained run leaks about its training patients; write RUN/audit/ (see AUDIT_HELP)."""
     if context.invoked_subcommand is not None:
@@ -109,7 +112,8 @@ def audit_command(
         reference_steps=reference_steps,
     )
     errors = Console(stderr=True)
-    report = audit_run(run, options, log=lambda line: errors.print(f"[dim]audit:[/] {line}", highlight=False))
+    with torch_threads(threads):
+        report = audit_run(run, options, log=lambda line: errors.print(f"[dim]audit:[/] {line}", highlight=False))
     console = Console()
     if not console.is_terminal:  # logs and pipes: rich would squeeze the table into 80 columns
         console = Console(width=160)
@@ -207,6 +211,7 @@ def canaries_command(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per UNet forward pass."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the attack's noise draws."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Compute the canaries' ε lower bound of RUN and write RUN/audit/canaries.json."""
     from rich.console import Console
@@ -214,9 +219,10 @@ def canaries_command(
     from cxrsynth.audit.canaries import audit_canaries
 
     errors = Console(stderr=True)
-    report = audit_canaries(run, attack=attack, confidence=confidence, guesses=guesses, timestep=timestep,
-                            noise_draws=noise_draws, batch_size=batch_size, seed=seed, device=device,
-                            log=lambda line: errors.print(f"[dim]audit canaries:[/] {line}", highlight=False))
+    with torch_threads(threads):
+        report = audit_canaries(run, attack=attack, confidence=confidence, guesses=guesses, timestep=timestep,
+                                noise_draws=noise_draws, batch_size=batch_size, seed=seed, device=device,
+                                log=lambda line: errors.print(f"[dim]audit canaries:[/] {line}", highlight=False))
     console = Console()
     console.print(f"{report['correct_guesses']} of {report['guesses']} guesses correct on {report['m']} canaries "
                   f"({report['guess_selection']}): ε ≥ {report['eps_lower_bound']:.3f} at {confidence:.0%} confidence "

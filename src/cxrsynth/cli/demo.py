@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
+
+from cxrsynth.cli.common import threads_option, torch_threads
 
 
 def demo_command(
@@ -12,6 +15,7 @@ def demo_command(
     quick: bool = typer.Option(
         False, "--quick", help="A small, fast run (under 3 minutes on 2 CPU cores) that checks the plumbing, not the quality."
     ),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Run phantom → prepare → train → sample → evaluate → audit → report on the built-in phantom dataset.
 
@@ -23,7 +27,8 @@ def demo_command(
     from cxrsynth.demo import run_demo
 
     console = Console()
-    result = run_demo(out, quick=quick, log=lambda line: console.print(line, highlight=False))
+    with torch_threads(threads):
+        result = run_demo(out, quick=quick, log=lambda line: console.print(line, highlight=False))
     console.print("\n[bold]demo finished[/]")
     for name, seconds in result.stage_seconds.items():
         console.print(f"  {name:<9} {seconds:7.1f} s")

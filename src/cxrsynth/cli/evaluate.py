@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from cxrsynth.cli.common import threads_option, torch_threads
+
 ALL_METRICS = "fid,kid,prc,domain,utility,diversity,pixel"
 
 
@@ -52,6 +54,7 @@ def evaluate_command(
         400, "--classifier-steps", min=1,
         help="Training steps (batch 64) of the domain classifier and of the TSTR classifier (same budget).",
     ),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Measure how realistic, diverse and useful the synthetic images are; write RUN/eval/fidelity.json.
 
@@ -75,7 +78,8 @@ def evaluate_command(
         progress=True,
     )
     errors = Console(stderr=True)
-    report = evaluate_run(run, options, log=lambda line: errors.print(f"[dim]evaluate:[/] {line}", highlight=False))
+    with torch_threads(threads):
+        report = evaluate_run(run, options, log=lambda line: errors.print(f"[dim]evaluate:[/] {line}", highlight=False))
     console = Console()
     console.print(results_table(report))
     for warning in report["warnings"]:

@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from cxrsynth.cli.common import threads_option, torch_threads
+
 RELEASE_HELP = (
     "Export synthetic images for sharing, screened for privacy (privacy-enhancing sampling, Packhäuser et al. 2023).\n\n"
     "Candidates are generated as by `cxrsynth sample`, from a fresh secret seed that is never written anywhere (so "
@@ -72,6 +74,7 @@ def release_command(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared-data folder (default: the one in RUN/config.yaml)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier release (a folder holding release.json) once the new one is complete; never any other folder."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Export privacy-screened synthetic images (see RELEASE_HELP)."""
     from rich.console import Console
@@ -85,7 +88,8 @@ def release_command(
         screen=screen, device=device, data=data, overwrite=overwrite, progress=True,
     )
     errors = Console(stderr=True)
-    report = release_run(run, out, options, log=lambda line: errors.print(f"[dim]release:[/] {line}", highlight=False))
+    with torch_threads(threads):
+        report = release_run(run, out, options, log=lambda line: errors.print(f"[dim]release:[/] {line}", highlight=False))
     dropped = report["dropped"]
     if dropped is None:
         how = "not screened"

@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from cxrsynth.cli.common import threads_option, torch_threads
+
 
 def sample_command(
     run: Path = typer.Option(..., "--run", help="Run folder written by `cxrsynth train` (its pipeline/ is loaded)."),
@@ -51,6 +53,7 @@ def sample_command(
     device: str = typer.Option(
         "auto", "--device", help="auto (this process's GPU if any, else CPU), cpu, cuda or cuda:N."
     ),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Generate synthetic radiographs (PNG or DICOM) and manifest.csv from a trained run.
 
@@ -59,20 +62,21 @@ def sample_command(
     """
     from cxrsynth.sample import generate_samples
 
-    report = generate_samples(
-        run,
-        num_images,
-        sampler=sampler,
-        steps=steps,
-        batch_size=batch_size,
-        seed=seed,
-        out=out,
-        image_format=image_format,
-        label=label,
-        label_mix=label_mix,
-        guidance_scale=guidance_scale,
-        device=device,
-    )
+    with torch_threads(threads):
+        report = generate_samples(
+            run,
+            num_images,
+            sampler=sampler,
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            out=out,
+            image_format=image_format,
+            label=label,
+            label_mix=label_mix,
+            guidance_scale=guidance_scale,
+            device=device,
+        )
     typer.echo(
         f"process {report.process_index} of {report.num_processes}: wrote {len(report.written)} new images, "
         f"{len(report.skipped)} already present",

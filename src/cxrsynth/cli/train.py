@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import typer
 
+from cxrsynth.cli.common import threads_option, torch_threads
 from cxrsynth.config import TrainConfig
 from cxrsynth.model.presets import preset_help
 
@@ -126,6 +127,8 @@ def train_command(
         "patients (one out-of-distribution image each, from a secret seed), each trained on with probability 1/2; "
         "kept only in RUN/canaries/. Then `cxrsynth audit canaries --run RUN` gives an epsilon lower bound. An audit "
         "run: `cxrsynth release` refuses it. Default 0 (none)."),
+    threads: Optional[int] = threads_option(
+        "Saved in config.yaml; with --resume, the run's unless given (a resume may change it)."),
 ) -> None:
     """Train a DDPM (diffusers UNet2DModel, 1000-step DDPMScheduler, EMA) on the member split of --data.
 
@@ -151,11 +154,13 @@ def train_command(
         "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "dp": True if dp else None,
         "epsilon": epsilon, "delta": delta, "noise_multiplicity": noise_multiplicity, "privacy_unit": privacy_unit,
         "accountant": accountant, "logical_batch_size": logical_batch_size,
-        "physical_batch_size": physical_batch_size, "canaries": canaries,
+        "physical_batch_size": physical_batch_size, "canaries": canaries, "threads": threads,
     }
     options = {name: value for name, value in given.items() if value is not None}
     config = resolve_train_config(run, options, resume)
-    pipeline = train(config, run, resume=resume)
+    config.validate()  # before the threads are applied: an edited config.yaml may hold threads: 0
+    with torch_threads(config.threads):
+        pipeline = train(config, run, resume=resume)
     from accelerate import PartialState
 
     if PartialState().is_main_process:
