@@ -32,11 +32,29 @@ Top level:
 * ``n_calibration`` / ``n_evaluation`` (object) — ``{"members": int, "nonmembers": int}`` per half.
 * ``delta`` (float) — δ of the ε lower bounds: ``delta`` of ``RUN/privacy.json`` for a DP run, else 1e-5;
   ``delta_source`` (str) — ``privacy.json`` or ``default``.
-* ``settings`` (object) — ``timestep``, ``noise_draws``, ``secmi_timestep``, ``secmi_interval``,
+* ``unit`` (str) — ``patient`` (every image of an audited patient, up to a cap, is scored and the
+  ``patient_attacks`` are added) or ``image`` (one image per patient); ``n_scored_images`` (int) —
+  images scored (= 2n at the image unit).
+* ``settings`` (object) — ``timestep`` (int|null: null means each attack that selects one chose it on
+  calibration, see ``attacks.<name>.selected``), ``timestep_default`` (int: the t of attacks that do
+  not select one), ``max_images_per_patient`` (int; 1 at the image unit), ``noise_draws``,
+  ``secmi_timestep``, ``secmi_interval``,
   ``batch_size``, ``device``, ``conditioning`` (``unconditional``; ``labels``: a conditional UNet
   given each audited image's label set; ``null``: the null class for every image because some
   audited label set is unknown to the model; ``not used``: no white-box attack ran).
-* ``attacks`` (object) — attack name → result (below), for each attack that ran.
+* ``attacks`` (object) — attack name → result (below), for each attack that ran, scored on each
+  audited patient's designated image.
+* ``patient_attacks`` (object) — at the patient unit, attack name → the same keys measured on the
+  patients' aggregated scores (:func:`cxrsynth.audit.patients.patient_metrics`), plus
+  ``aggregation`` (mean|min|max: of the AUC, its interval, ``p_value_auc``, balanced accuracy),
+  ``tail_aggregation`` (of ``p_value_tail``, the TPRs at low FPR and the ε lower bound), both chosen
+  on calibration patients only, ``calibration_auc_by_aggregation``,
+  ``calibration_tail_by_aggregation``, ``images_per_patient`` (``mean``, ``max``). Their tests join
+  the family as ``<attack>@patient:auc`` / ``:tail``. Empty at the image unit.
+* ``reference_models`` (object|null) — with ``--reference-models K``: ``count``, ``steps``,
+  ``train_seconds``, ``train_seconds_per_model``, ``n_pool_patients``, ``n_population``, ``design``,
+  ``resumed``, ``reused`` (model indices), ``folder``, ``notes``
+  (:meth:`cxrsynth.audit.reference.ReferenceModels.report`); null without.
 * ``skipped_attacks`` (object) — attack name → why it did not run (e.g. no synthetic samples).
 * ``memorization`` (object|null), ``memorization_skipped`` (str|null) — below.
 * ``reidentification`` (object|null), ``reidentification_skipped`` (str|null) — below.
@@ -97,7 +115,11 @@ Top level:
   members at the calibration zero-FPR threshold (``low_fpr.tpr_at_zero_fpr.threshold``): the test
   for leaks that show only at low FPR. Both enter the leak flag's family (blind excluded).
 * ``n_eval_members`` / ``n_eval_nonmembers`` (int).
-* ``nfe_per_image`` (float) — UNet forward passes per audited image, counted while it ran.
+* ``nfe_per_image`` (float) — UNet forward passes per audited image, counted while it ran (at the
+  patient unit, per scored image, the calibration sweeps included).
+* ``selected`` (object|null) — what the attack chose on the calibration half and how (e.g. the
+  timestep of loss/pia/pian/sima with every candidate's calibration AUC, GSA₁ or GSA₂ for gsa, the
+  reference models' count and NFE for lira/rmia); null when it chooses nothing.
 * ``seconds`` (float) — wall-clock seconds of scoring; ``seconds_per_1000_images`` (float).
 * ``notes`` (list of str).
 
