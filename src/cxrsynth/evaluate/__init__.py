@@ -5,7 +5,8 @@ Modules, one concern each: :mod:`.frechet` (Fréchet distance, k-NN precision/re
 :mod:`.bootstrap` (intervals), :mod:`.inception` (torch-fidelity, offline weights), :mod:`.domain`
 (the from-scratch CXR classifier and its features, reused by the audit), :mod:`.utility` (TSTR vs
 TRTR), :mod:`.diversity` (MS-SSIM), :mod:`.pixel` (histograms, power spectra), :mod:`.plots`, and
-:mod:`.runner` (``cxrsynth evaluate``; documents every key of ``fidelity.json``).
+:mod:`.runner` (``cxrsynth evaluate``; documents every key of ``fidelity.json``), :mod:`.table` (its
+summary table, light to import). Runs and samples are read through :mod:`cxrsynth.runfolder`.
 """
 
 from typing import Any
