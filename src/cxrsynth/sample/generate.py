@@ -10,6 +10,8 @@ Guarantees (of :func:`generate_samples`):
   rerun with different settings into the same folder is refused instead of mixing images.
 - **Sharded**: under ``accelerate launch`` process ``r`` of ``w`` generates the ids ``i`` with
   ``i % w == r``; the main process writes the manifest once every process is done.
+- **One writer**: the run folder (or an ``--out`` outside it) is locked while sampling
+  (:func:`cxrsynth.runfolder.run_lock`); a second command on it is refused with the holder's pid.
 - **Nothing about real patients** reaches the output: files are named by index, the manifest has
   only ``file, index, seed, sampler, steps, label, guidance``, DICOM files carry a synthetic
   placeholder identity (:mod:`cxrsynth.dicom_export`).
