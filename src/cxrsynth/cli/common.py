@@ -16,10 +16,9 @@ MAX_DEFAULT_THREADS = 8
 """Most threads the default gives one process (the tiny and small UNets gain little beyond it)."""
 
 THREADS_HELP = (
-    "torch CPU threads of this process. Default: $OMP_NUM_THREADS when set, else 1 on a machine with "
-    f"2 cores or fewer per process and cores - 1 (at most {MAX_DEFAULT_THREADS}) above that: more threads than "
-    "idle cores make torch 5-10x slower as soon as another process competes (bench/threads.py). "
-    "Changes the speed only, not the settings of a run."
+    "torch CPU threads of this process. Default: $OMP_NUM_THREADS when set, else 1 with 2 cores or fewer per "
+    f"process, else cores - 1 (at most {MAX_DEFAULT_THREADS}): threads beyond the idle cores make torch several "
+    "times slower when other processes run (bench/RESULTS.md, Threads). Changes the speed, not the results' settings."
 )
 
 
