@@ -10,9 +10,10 @@ A run folder (``cxrsynth train --run RUN``) holds::
     RUN/audit/audit.json      cxrsynth audit
     RUN/.cxrsynth.lock        held by the command writing the folder (pid, host, command, started)
 
-This module sits below every stage (it imports none of them): train, sample, evaluate, audit,
-release, report and demo all locate and read run-folder files through it, so the layout has one
-home. Writing stays with the stage that owns each file.
+This module sits below every stage (it imports none of them): sample, evaluate, audit, release,
+report and demo locate and read run-folder files through it, so the layout has one home, and every
+command that writes a run (train included) holds its lock. Writing stays with the stage that owns
+each file.
 """
 
 from __future__ import annotations

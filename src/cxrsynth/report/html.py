@@ -19,8 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from cxrsynth.audit.runner import table_rows as audit_table_rows
 from cxrsynth.evaluate import table as fidelity_table
 from cxrsynth.report import coverage
+from cxrsynth.report.collect import training_seconds
+from cxrsynth.report.verdict import (EPS_LB_CONFIDENCE, dp_guarantee, family_alpha_sentence, family_test_rows,
+                                     p_value, patient_id_warning, power_statement)
 
 SECTION_IDS: tuple[str, ...] = (
     "verdict", "pipeline", "summary", "training", "images", "fidelity", "utility", "privacy",
@@ -194,8 +198,6 @@ def _duration(seconds: float | None) -> str:
 
 def summary_section(contents) -> str:
     """Data source and counts, model, training settings, time and hardware."""
-    from cxrsynth.report.collect import training_seconds
-
     parts = []
     if contents.data_summary is not None:
         summary = contents.data_summary
@@ -355,8 +357,6 @@ def utility_section(contents, images: Images) -> str:
 
 def dp_section(contents) -> str:
     """The differential-privacy guarantee (ε, δ, unit, accountant, noise, steps), or that there is none."""
-    from cxrsynth.report.verdict import dp_guarantee
-
     statement, caveats = dp_guarantee(contents.privacy)
     if contents.privacy is None:
         return section("dp", "Differential-privacy guarantee", f"<p>{esc(statement)}</p>", level=3)
@@ -370,14 +370,6 @@ def dp_section(contents) -> str:
 
 def _audit_claims(contents) -> list[str]:
     """The audit's standing above its table: not covered by DP, understated leakage, power, how tests combine."""
-    from cxrsynth.report.verdict import (
-        EPS_LB_CONFIDENCE,
-        family_alpha_sentence,
-        family_test_rows,
-        patient_id_warning,
-        power_statement,
-    )
-
     audit = contents.audit
     parts = []
     if contents.trained_with_dp:
@@ -399,8 +391,6 @@ def _audit_claims(contents) -> list[str]:
 
 def audit_table_section(contents) -> str:
     """Membership-inference attacks: AUC with CI, TPR at 1% and 0.1% FPR, ε lower bound, NFE; power and tests."""
-    from cxrsynth.audit.runner import table_rows
-
     audit = contents.audit
     n = audit["n_evaluation"]["members"]
     notes = sorted({note for result in audit["attacks"].values() for note in result.get("notes", [])})
@@ -412,7 +402,7 @@ def audit_table_section(contents) -> str:
             f"{esc(audit.get('verdict', ''))}</p>",
             *_audit_claims(contents),
             table(("attack", "access", "member if score", "AUC [95% CI]", "TPR@1%FPR", "TPR@0.1%FPR", "ε lower bound", "NFE"),
-                  table_rows(audit), numeric=(4, 5, 6, 7))]
+                  audit_table_rows(audit), numeric=(4, 5, 6, 7))]
     if notes:
         body.append("<p>Notes:</p>" + _bullets(notes))
     if audit.get("warnings"):
@@ -440,7 +430,6 @@ def _p(value: float | None) -> str:
 
 def memorization_section(contents, images: Images, options: PageOptions) -> str:
     """Memorization numbers and the closest (synthetic | training image) pairs."""
-    from cxrsynth.report.verdict import p_value
     audit = contents.audit
     memorization = audit.get("memorization")
     if memorization is None:
@@ -470,7 +459,6 @@ def memorization_section(contents, images: Images, options: PageOptions) -> str:
 
 def reidentification_section(contents) -> str:
     """The patient re-identification result."""
-    from cxrsynth.report.verdict import p_value
     audit = contents.audit
     reid = audit.get("reidentification")
     if reid is None:

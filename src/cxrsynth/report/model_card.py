@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+from cxrsynth.audit.runner import table_rows as audit_table_rows
 from cxrsynth.evaluate import table as fidelity_table
 from cxrsynth.report import coverage
+from cxrsynth.report.verdict import (EPS_LB_CONFIDENCE, family_alpha_sentence, family_test_rows, patient_id_warning,
+                                     power_statement)
 
 
 _MARKDOWN_SPECIAL = "\\`*_{}[]()!|~>"
@@ -130,14 +133,6 @@ def _privacy(contents, verdict) -> list[str]:
     audit = contents.audit
     if audit is None:
         return lines + [f"Not audited. Run `{contents.stages['audit'].command}`.", ""]
-    from cxrsynth.audit.runner import table_rows
-    from cxrsynth.report.verdict import (
-        EPS_LB_CONFIDENCE,
-        family_alpha_sentence,
-        family_test_rows,
-        patient_id_warning,
-        power_statement,
-    )
 
     lines += [f"Audit on {audit['n_evaluation']['members']} member vs {audit['n_evaluation']['nonmembers']} holdout "
               f"patients (evaluation half): {audit.get('verdict', '')}", ""]
@@ -151,7 +146,7 @@ def _privacy(contents, verdict) -> list[str]:
         lines += [f"- {power}"]
     lines += [f"- ε lower bound: with {EPS_LB_CONFIDENCE}, at δ = {audit['delta']:g}.", ""]
     lines += [md_table(("attack", "access", "member if score", "AUC [95% CI]", "TPR@1%FPR", "TPR@0.1%FPR",
-                        "ε lower bound", "NFE"), table_rows(audit)), ""]
+                        "ε lower bound", "NFE"), audit_table_rows(audit)), ""]
     tests = family_test_rows(audit)
     if tests:
         lines += [family_alpha_sentence(audit), "",

@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import Callable
 
 from cxrsynth.fsutil import atomic_write_text
+from cxrsynth.report.collect import collect_run
+from cxrsynth.report.figures import mosaic_png, synthetic_and_real, training_curve_png
+from cxrsynth.report.html import Images, PageOptions, render_page
+from cxrsynth.report.model_card import render_model_card
+from cxrsynth.report.verdict import build_verdict
 
 REPORT_FILE = "report.html"
 MODEL_CARD_FILE = "MODEL_CARD.md"
@@ -74,9 +79,6 @@ def gather_images(contents, options: ReportOptions):
     Returns:
         A :class:`cxrsynth.report.html.Images`.
     """
-    from cxrsynth.report.figures import mosaic_png, synthetic_and_real, training_curve_png
-    from cxrsynth.report.html import Images
-
     target = contents.privacy.get("target_epsilon") if contents.privacy else None
     curve = training_curve_png(contents.train_log, float(target) if isinstance(target, (int, float)) else None,
                                private_loss=contents.trained_with_dp)
@@ -110,11 +112,6 @@ def write_report(run: str | Path, options: ReportOptions | None = None, log: Log
     Raises:
         CxrsynthError: when ``run`` is not a run folder (no ``config.yaml`` and no ``pipeline/``).
     """
-    from cxrsynth.report.collect import collect_run
-    from cxrsynth.report.html import PageOptions, render_page
-    from cxrsynth.report.model_card import render_model_card
-    from cxrsynth.report.verdict import build_verdict
-
     options = options or ReportOptions()
     run = Path(run)
     log(f"reading {run}")

@@ -33,6 +33,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from cxrsynth.audit.summary import scored_attacks
+from cxrsynth.report.collect import quoted
 from cxrsynth.report.coverage import AUDIT_LABEL, DOMAIN_LABEL, TRTR_LABEL, release_advice
 
 LEVELS: tuple[str, ...] = ("good", "caution", "bad", "unknown")
@@ -458,8 +460,6 @@ def _leaks(audit: dict) -> _Leaks:
 
 def _attack_evidence(audit: dict) -> list[str]:
     """Sentences on the membership-inference attacks: who beat chance, TPR at low FPR, ε lower bound."""
-    from cxrsynth.audit.summary import scored_attacks
-
     attacks = scored_attacks({"attacks": audit.get("attacks", {}), "patient_attacks": audit.get("patient_attacks")})
     summary = audit["summary"]
     n = audit["n_evaluation"]["members"]
@@ -719,8 +719,6 @@ def build_verdict(contents) -> Verdict:
     Returns:
         The :class:`Verdict`: realism, utility and privacy answers, the DP statement, key numbers.
     """
-    from cxrsynth.report.collect import quoted
-
     evaluate_command = contents.stages["evaluate"].command
     answers = (
         realism_answer(contents.fidelity, evaluate_command, dp=contents.trained_with_dp),
