@@ -11,6 +11,7 @@ from opacus.optimizers import DPOptimizer
 
 from cxrsynth.config import TrainConfig
 from cxrsynth.data.prepared import load_prepared
+from cxrsynth.dp.clipping import FusedClipDPOptimizer
 from cxrsynth.dp.per_record import per_record_gradients
 from cxrsynth.dp.training import attach_ledger, private_optimisation_step, resolve_privacy
 from cxrsynth.model.presets import build_unet, get_preset
@@ -31,13 +32,18 @@ def _record_gradients(records: int, draws: int) -> tuple[torch.nn.Module, dict[s
     return unet, gradients
 
 
-def _clipped_sum(unet: torch.nn.Module, gradients: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """What Opacus' DP optimizer (σ = 0, mean over an expected batch of 1) leaves in ``p.grad``."""
-    optimizer = DPOptimizer(torch.optim.SGD(unet.parameters(), lr=0.0), noise_multiplier=0.0, max_grad_norm=CLIP,
-                            expected_batch_size=1)
-    for name, parameter in unet.named_parameters():
-        parameter.grad_sample = gradients[name].clone()
-    optimizer.step()
+def _clipped_sum(unet: torch.nn.Module, *batches: dict[str, torch.Tensor],
+                 optimizer_class: type[DPOptimizer] = DPOptimizer) -> list[torch.Tensor]:
+    """What Opacus' DP optimizer (σ = 0, mean over an expected batch of 1) leaves in ``p.grad`` after ``batches``."""
+    optimizer = optimizer_class(torch.optim.SGD(unet.parameters(), lr=0.0), noise_multiplier=0.0,
+                                max_grad_norm=CLIP, expected_batch_size=1)
+    for index, gradients in enumerate(batches):
+        optimizer.signal_skip_step(do_skip=index < len(batches) - 1)  # accumulate, as BatchMemoryManager does
+        for name, parameter in unet.named_parameters():
+            parameter.grad_sample = gradients[name].clone()
+        optimizer.step()
+        if index < len(batches) - 1:
+            optimizer.zero_grad(set_to_none=True)
     return [parameter.grad.clone() for _, parameter in unet.named_parameters()]
 
 
@@ -87,3 +93,17 @@ def test_a_patient_step_clips_one_gradient_per_sampled_patient(tmp_path: Path) -
     assert sum(clipped_counts) == sum(sampled), "one clipped gradient per sampled patient (not per draw)"
     assert max(clipped_counts) <= 2
     assert parts.privacy.steps == 5 and parts.step == 5
+
+
+def test_the_fused_clip_sums_what_opacus_sums() -> None:
+    """Float64: the fused clip (one R×P matrix) equals Opacus' per-parameter clip, over accumulated batches."""
+    unet, gradients = _record_gradients(records=3, draws=2)
+    unet = unet.double()
+    gradients = {name: value.double() for name, value in gradients.items()}
+    first = {name: value[:2] for name, value in gradients.items()}
+    empty = {name: value[:0] for name, value in gradients.items()}
+    last = {name: value[2:] for name, value in gradients.items()}
+    expected = _clipped_sum(unet, first, empty, last)
+    fused = _clipped_sum(unet, first, empty, last, optimizer_class=FusedClipDPOptimizer)
+    assert max((a - b).abs().max().item() for a, b in zip(fused, expected)) < 1e-15
+    assert _norm(fused) > CLIP  # the records were clipped, not zeroed

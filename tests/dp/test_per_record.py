@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
+from cxrsynth.dp import per_record
 from cxrsynth.dp.per_record import per_record_gradients, use_vmappable_attention
 from cxrsynth.model.presets import PRESETS
 
@@ -63,10 +64,10 @@ def _micro_batch_gradients(unet, scheduler, clean, noise, timesteps, labels) -> 
     return result
 
 
-def _max_difference(unet, clean, noise, timesteps, labels=None) -> float:
+def _max_difference(unet, clean, noise, timesteps, labels=None, **options) -> float:
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     expected = _micro_batch_gradients(unet, scheduler, clean, noise, timesteps, labels)
-    gradients, losses = per_record_gradients(unet, scheduler, clean, noise, timesteps, labels)
+    gradients, losses = per_record_gradients(unet, scheduler, clean, noise, timesteps, labels, **options)
     assert set(gradients) == {name for name, _ in unet.named_parameters()}
     assert losses.shape == (clean.shape[0],)
     worst = 0.0
@@ -99,3 +100,38 @@ def test_mismatched_shapes_are_refused() -> None:
     clean, noise, timesteps, _ = _inputs(2, 2, unet.config.sample_size, "cpu")
     with pytest.raises(ValueError, match="disagree"):
         per_record_gradients(unet, DDPMScheduler(), clean, noise, timesteps[:, :1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padded_per_record_gradients_are_exact(device: str) -> None:
+    """Zero-weight padding rows (the fixed shape a compiled function needs) change no record's gradient."""
+    unet = _unet("tiny", device, num_class_embeds=5)
+    use_vmappable_attention(unet)
+    inputs = _inputs(3, 2, unet.config.sample_size, device, classes=5)
+    assert _max_difference(unet, *inputs, pad_to=5) <= TOLERANCE
+    with pytest.raises(ValueError, match="pad_to 2 is below the 3 records"):
+        per_record_gradients(unet, DDPMScheduler(), *inputs[:3], inputs[3], pad_to=2)
+
+
+def test_compiled_per_record_gradients_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compile traces vmap(grad(loss)) as one graph and gives the same gradients (float64).
+
+    ``aot_eager`` runs the traced forward and backward graphs without code generation, which on
+    this CPU takes minutes per shape; the CUDA test below compiles with inductor.
+    """
+    monkeypatch.setattr(per_record, "COMPILE_BACKEND", "aot_eager")
+    unet = _unet("tiny", "cpu")
+    use_vmappable_attention(unet)
+    inputs = _inputs(3, 2, unet.config.sample_size, "cpu")
+    assert _max_difference(unet, *inputs, compile=True, pad_to=4) <= TOLERANCE
+    assert _max_difference(unet, *_inputs(2, 2, unet.config.sample_size, "cpu"), compile=True, pad_to=4) <= TOLERANCE
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_compiled_per_record_gradients_are_exact_on_cuda() -> None:
+    """Inductor with CUDA graphs (reduce-overhead): still the micro-batch gradients, in float64."""
+    unet = _unet("tiny", "cuda")
+    use_vmappable_attention(unet)
+    for records in (3, 2):
+        inputs = _inputs(records, 2, unet.config.sample_size, "cuda")
+        assert _max_difference(unet, *inputs, compile=True, pad_to=4) <= TOLERANCE

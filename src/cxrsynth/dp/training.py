@@ -31,6 +31,7 @@ from cxrsynth.config import TrainConfig
 from cxrsynth.data.dataset import to_model_range
 from cxrsynth.data.prepared import PreparedData
 from cxrsynth.dp.accounting import PrivacyLedger, calibrate_noise_multiplier, default_delta, write_privacy_report
+from cxrsynth.dp.clipping import FusedClipDistributedDPOptimizer, FusedClipDPOptimizer
 from cxrsynth.dp.per_record import per_record_gradients, use_vmappable_attention
 from cxrsynth.dp.sampling import PoissonRecordStream, PrivacyRecords
 from cxrsynth.errors import CxrsynthError
@@ -54,6 +55,10 @@ class PrivacySettings:
         logical_batch_size: expected records per step over all processes.
         physical_batch_size: most records per forward pass on one process.
         sample_rate: q = logical batch / units.
+        compile_gradients: compute per-record gradients with ``torch.compile`` on batches padded to
+            ``physical_batch_size`` (one shape, one compilation; :mod:`cxrsynth.dp.per_record`).
+        fused_clip: clip and sum the records' gradients in a few large operations
+            (:mod:`cxrsynth.dp.clipping`) rather than Opacus' several per parameter.
     """
 
     records: PrivacyRecords
@@ -62,6 +67,8 @@ class PrivacySettings:
     logical_batch_size: int
     physical_batch_size: int
     sample_rate: float
+    compile_gradients: bool = False
+    fused_clip: bool = False
 
     @property
     def unit(self) -> str:
@@ -85,8 +92,9 @@ class PrivacySettings:
         return attach_ledger(parts, config, self, planned_steps, print_fn)
 
     def optimisation_step(self, parts: TrainingParts) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`private_optimisation_step`."""
-        return private_optimisation_step(parts)
+        """:func:`private_optimisation_step`, compiled and padded when ``compile_gradients``."""
+        pad_to = self.physical_batch_size if self.compile_gradients else None
+        return private_optimisation_step(parts, compile=self.compile_gradients, pad_to=pad_to)
 
     def write_report(self, run_dir: Path, ledger: PrivacyLedger, stopped_early: bool) -> dict[str, Any]:
         """:func:`cxrsynth.dp.accounting.write_privacy_report` (``RUN/privacy.json``)."""
@@ -138,7 +146,10 @@ def make_private(config: TrainConfig, settings: PrivacySettings, data: PreparedD
     processes = accelerator.num_processes
     if processes > 1:
         DifferentiallyPrivateDistributedDataParallel(unet)  # broadcasts rank 0's initial weights in place
-    optimizer_class = DistributedDPOptimizer if processes > 1 else DPOptimizer
+    if settings.fused_clip:
+        optimizer_class = FusedClipDistributedDPOptimizer if processes > 1 else FusedClipDPOptimizer
+    else:
+        optimizer_class = DistributedDPOptimizer if processes > 1 else DPOptimizer
     dp_optimizer = optimizer_class(
         optimizer,
         noise_multiplier=0.0,
@@ -217,8 +228,12 @@ def _record_inputs(parts: TrainingParts, images: torch.Tensor, class_ids: torch.
     return clean, noise.view_as(clean), timesteps.view(-1, draws), labels
 
 
-def private_optimisation_step(parts: TrainingParts) -> tuple[torch.Tensor, torch.Tensor]:
+def private_optimisation_step(parts: TrainingParts, compile: bool = False, pad_to: int | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DP-SGD step (see the module docstring).
+
+    ``compile`` and ``pad_to`` are passed to :func:`~cxrsynth.dp.per_record.per_record_gradients`
+    (``pad_to`` at least the physical batch size: the most records a batch holds).
 
     Returns:
         ``(loss_sum, records)``: 0-d tensors, the sum of the per-record losses and the number of
@@ -237,7 +252,8 @@ def private_optimisation_step(parts: TrainingParts) -> tuple[torch.Tensor, torch
                 clean, noise, timesteps, labels = _record_inputs(parts, batch.images, batch.class_ids)
                 with accelerator.autocast():
                     gradients, losses = per_record_gradients(parts.unet, parts.noise_scheduler, clean, noise,
-                                                             timesteps, labels, parts.config.snr_gamma)
+                                                             timesteps, labels, parts.config.snr_gamma,
+                                                             compile=compile, pad_to=pad_to)
                 loss_sum += losses.sum()
                 records += len(batch.rows)
             for name, p in trainable:
