@@ -131,7 +131,7 @@ import numpy as np
 
 from cxrsynth.data.prepared import PreparedData
 from cxrsynth.errors import CxrsynthError
-from cxrsynth.evaluate import artefacts, frechet, inception, pixel, plots
+from cxrsynth.evaluate import artefacts, diversity, frechet, inception, pixel, plots
 from cxrsynth.evaluate.bootstrap import matched_frechet
 from cxrsynth.evaluate.domain import DEFAULT_STEPS, DOMAIN_FOLDER, DomainClassifier, domain_classifier_for_run
 from cxrsynth.evaluate.table import NOT_REQUESTED, results_table, table_rows
@@ -420,10 +420,6 @@ def utility_group(sets: ImageSets, classifier: DomainClassifier, options: Evalua
 
 def diversity_group(sets: ImageSets, options: EvaluateOptions, report: dict) -> None:
     """Fill ``diversity``."""
-    # Imported here: MS-SSIM comes from torchmetrics, whose import (with torchvision) takes seconds,
-    # and the report and demo summary import this module only for its tables.
-    from cxrsynth.evaluate import diversity
-
     n_pairs = min(diversity.DEFAULT_PAIRS, len(sets.synthetic) * (len(sets.synthetic) - 1) // 2)
     synthetic_mean, used = diversity.mean_pairwise_ms_ssim(sets.synthetic, n_pairs, seed=options.seed)
     real_mean, _ = diversity.mean_pairwise_ms_ssim(sets.reference, n_pairs, seed=options.seed)
