@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Mapping
 
 import typer
 
 MAX_DEFAULT_THREADS = 8
-"""Most threads the default gives one process (the tiny and small UNets gain little beyond it)."""
+"""Most threads the default gives one process: more were not measured (bench/threads.py ran on 2
+cores), and the other jobs of a shared server need cores too."""
 
 THREADS_HELP = (
     "torch CPU threads of this process. Default: $OMP_NUM_THREADS when set, else 1 with 2 cores or fewer per "
@@ -39,7 +40,7 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_threads(cores: int | None = None, environ: Optional[dict[str, str]] = None) -> int:
+def default_threads(cores: int | None = None, environ: Mapping[str, str] | None = None) -> int:
     """The thread count used when ``--threads`` is not given.
 
     Args:
