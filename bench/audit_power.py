@@ -10,7 +10,8 @@ Checkpoints (all 16², the ``tiny`` UNet, unconditional, ε-prediction + min-SNR
   the first 160 images for the overfit run, all 1,000 for the moderate one). Skipped with a message
   when the folder is absent.
 
-Each checkpoint is audited once with every attack (``cxrsynth audit``, ``--unit patient``, the
+Each checkpoint gets ``--samples`` synthetic images (DDPM, 25 steps) for the black-box attacks and is
+audited once with every attack (``cxrsynth audit``, ``--unit patient``, the
 timestep chosen on calibration; ``--reference-models K`` reference models on the overfit runs for
 LiRA/RMIA). The table lists, per attack and level (image: one image per patient; patient: every
 image of the patient, aggregated), the evaluation-half AUC [95% CI], TPR at 1% and 0.1% FPR
@@ -85,6 +86,13 @@ def build_run(out: Path, name: str, data: Path, steps: int) -> tuple[Path, float
     return run, seconds
 
 
+def sample(run: Path, count: int) -> None:
+    """``count`` synthetic images (DDPM, 25 steps) for the black-box attacks; resuming a finished folder costs nothing."""
+    from cxrsynth.sample import generate_samples
+
+    generate_samples(run, count, sampler="ddpm", steps=25, batch_size=64, seed=0, device="cpu", progress=False)
+
+
 def audit(run: Path, reference_models: int, reference_steps: int | None) -> dict:
     """``cxrsynth audit`` with every attack at the patient unit; returns audit.json."""
     from cxrsynth.audit.runner import AuditOptions, audit_run
@@ -154,6 +162,7 @@ def main() -> None:
     parser.add_argument("--overfit-steps", type=int, default=500)
     parser.add_argument("--moderate-steps", type=int, default=600)
     parser.add_argument("--reference-models", type=int, default=4, help="K reference models on the overfit checkpoints")
+    parser.add_argument("--samples", type=int, default=256, help="synthetic images per checkpoint (nn, nn_domain)")
     parser.add_argument("--reference-steps", type=int, default=None, help="steps per reference model (default: the run's)")
     args = parser.parse_args()
     import torch
@@ -170,6 +179,8 @@ def main() -> None:
         print(f"{name}: training", file=sys.stderr, flush=True)
         steps = args.overfit_steps if overfit else 1 if name.endswith("untrained") else args.moderate_steps
         run, seconds = build_run(args.out, name, data, steps)
+        print(f"{name}: sampling", file=sys.stderr, flush=True)
+        sample(run, args.samples)
         print(f"{name}: auditing", file=sys.stderr, flush=True)
         report = audit(run, args.reference_models if overfit else 0, args.reference_steps)
         reports[name] = report
