@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cxrsynth.audit.crossfit import cross_fitted_probabilities
 from cxrsynth.audit.registry import AttackContext, register_attack
 
 HISTOGRAM_BINS = 8
@@ -69,15 +70,9 @@ def _classifier(seed: int):
 )
 def blind_scores(context: AttackContext) -> np.ndarray:
     """Out-of-fold (calibration) and fitted (evaluation) membership probabilities per audited image."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
     statistics = image_statistics(context.images)
-    rows = np.asarray(context.calibration_rows)
     labels = np.asarray(context.calibration_is_member).astype(int)
     seed = context.settings.seed
-    scores = _classifier(seed).fit(statistics[rows], labels).predict_proba(statistics)[:, 1]
-    folds = int(min(5, np.bincount(labels, minlength=2).min()))
-    if folds >= 2:
-        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        scores[rows] = cross_val_predict(_classifier(seed), statistics[rows], labels, cv=splitter, method="predict_proba")[:, 1]
+    scores, _ = cross_fitted_probabilities(lambda: _classifier(seed), statistics, np.asarray(context.calibration_rows),
+                                           labels, context.patients, seed)
     return scores

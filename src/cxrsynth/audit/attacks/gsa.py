@@ -38,6 +38,7 @@ import warnings
 import numpy as np
 import torch
 
+from cxrsynth.audit.crossfit import cross_fitted_probabilities
 from cxrsynth.audit.registry import NEEDS_MODEL, AttackContext, register_attack
 from cxrsynth.errors import CxrsynthError
 
@@ -100,25 +101,6 @@ def _classifier(seed: int):
     return make_pipeline(StandardScaler(), LogisticRegression(C=REGULARISATION_C, max_iter=5000, random_state=seed))
 
 
-def fitted_scores(features: np.ndarray, rows: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, bool]:
-    """Membership probabilities: out-of-fold on ``rows`` (calibration), fitted on them elsewhere.
-
-    Returns:
-        ``(scores N, out_of_fold)``; ``out_of_fold`` is False when a class has fewer than 2
-        calibration images (then calibration rows are scored in-sample).
-    """
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
-    scores = _classifier(seed).fit(features[rows], labels).predict_proba(features)[:, 1]
-    folds = int(min(5, np.bincount(labels, minlength=2).min()))
-    if folds < 2:
-        return scores, False
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    scores[rows] = cross_val_predict(_classifier(seed), features[rows], labels, cv=splitter,
-                                     method="predict_proba")[:, 1]
-    return scores, True
-
-
 @register_attack(
     "gsa", access="white-box", member_if="higher",
     description="GSA (Pang et al. 2025): per-layer loss-gradient norms at 5 timesteps, logistic regression "
@@ -136,7 +118,8 @@ def gsa_scores(context: AttackContext) -> np.ndarray:
                             "audit with cxrsynth audit, or use an attack without a fitted model (e.g. loss)")
     seed = context.settings.seed
     gsa1, gsa2, steps = gradient_features(context)
-    results = {name: fitted_scores(features, rows, labels, seed) for name, features in (("gsa1", gsa1), ("gsa2", gsa2))}
+    results = {name: cross_fitted_probabilities(lambda: _classifier(seed), features, rows, labels, context.patients, seed)
+               for name, features in (("gsa1", gsa1), ("gsa2", gsa2))}
     auc = {name: float(roc_auc_score(labels, scores[rows])) for name, (scores, _) in results.items()}
     variant = "gsa2" if auc["gsa2"] > auc["gsa1"] else "gsa1"
     context.choices["gsa"] = {
