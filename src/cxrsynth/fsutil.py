@@ -186,16 +186,6 @@ def check_output_parent(path: str | os.PathLike[str], option: str = "--out") -> 
             return
 
 
-def __getattr__(name: str) -> Any:
-    # Re-export while train/loop.py (being restructured in parallel) still imports the lock from here;
-    # its home is cxrsynth.runfolder. Lazy: runfolder imports config, which imports this module.
-    if name == "folder_lock":
-        from cxrsynth.runfolder import folder_lock
-
-        return folder_lock
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def plain_permissions(folder: str | os.PathLike[str]) -> None:
     """Give every file and folder under ``folder`` the permissions a plain ``open``/``mkdir`` would (the umask decides).
 

@@ -134,15 +134,14 @@ from cxrsynth.errors import CxrsynthError
 from cxrsynth.evaluate import artefacts, diversity, frechet, inception, pixel, plots
 from cxrsynth.evaluate.bootstrap import matched_frechet
 from cxrsynth.evaluate.domain import DEFAULT_STEPS, DOMAIN_FOLDER, DomainClassifier, domain_classifier_for_run
-from cxrsynth.evaluate.table import NOT_REQUESTED, results_table, table_rows
+from cxrsynth.evaluate.table import NOT_REQUESTED
 from cxrsynth.evaluate.utility import RealTrainingSet, UtilityInputs, evaluate_utility, label_matrix_from_texts
 from cxrsynth.fsutil import atomic_write_json
 from cxrsynth.runfolder import (EVAL_FOLDER, SAMPLE_SETTINGS, SyntheticSet, count_samples, fidelity_path, load_run_data,
                                 locks_run, read_sample_settings, read_samples, samples_folder)
 from cxrsynth.sample import generate_samples
 
-__all__ = ["EvaluateOptions", "METRIC_GROUPS", "NOT_REQUESTED", "REPORT_KEYS", "evaluate_run", "parse_metrics",
-           "results_table", "table_rows"]
+__all__ = ["EvaluateOptions", "METRIC_GROUPS", "REPORT_KEYS", "evaluate_run", "parse_metrics"]
 
 METRIC_GROUPS: tuple[str, ...] = ("fid", "kid", "prc", "domain", "utility", "diversity", "pixel")
 """Names accepted by ``--metrics`` (``prc`` = Inception precision and recall)."""

@@ -10,7 +10,6 @@ Only the main process writes files and shows the progress bar; every process run
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
@@ -36,9 +35,9 @@ from cxrsynth.config import (
 from cxrsynth.data.dataset import to_model_range
 from cxrsynth.data.prepared import PreparedData, load_prepared
 from cxrsynth.errors import CxrsynthError
-from cxrsynth.fsutil import folder_lock
 from cxrsynth.model.conditioning import LabelVocabulary, run_vocabulary
 from cxrsynth.model.presets import build_unet, check_preset_resolution, get_preset
+from cxrsynth.runfolder import run_lock
 from cxrsynth.train.canaries import prepare_canaries, save_canaries, with_canaries
 from cxrsynth.train.checkpoint import (
     CHECKPOINTS_DIR,
@@ -391,27 +390,13 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> Pat
     """
     config.validate()
     run_dir = Path(run_dir)
-    with run_folder_lock(run_dir):
+    with run_lock(run_dir, "cxrsynth train"):
         data, vocabulary = _load_training_data(config)
         accelerator = make_accelerator(config, str(run_dir))
         try:
             return _run(config, run_dir, resume, data, vocabulary, accelerator)
         finally:
             _release_accelerate_state(accelerator)
-
-
-def run_folder_lock(run_dir: Path) -> contextlib.AbstractContextManager:
-    """The run folder's lock (:func:`cxrsynth.fsutil.folder_lock`), taken by the launcher's rank 0 only.
-
-    Under ``accelerate launch`` every process trains the same run: only global rank 0 (``RANK``)
-    holds the lock, and when it refuses, the launcher stops the other processes.
-
-    Raises:
-        CxrsynthError: when another live process holds the run folder.
-    """
-    if int(os.environ.get("RANK", "0")) != 0:
-        return contextlib.nullcontext()
-    return folder_lock(run_dir, "cxrsynth train")
 
 
 def _release_accelerate_state(accelerator: Accelerator) -> None:
