@@ -184,8 +184,20 @@ def test_reference_models_train_once_match_their_data_and_are_reused(tmp_path: P
     assert [path.stat().st_mtime_ns for path in weights] == mtimes
     assert again.train_seconds == pytest.approx(reference.train_seconds)
     assert again.report()["reused"] == [0, 1, 2, 3] and reference.report()["reused"] == []
+    records = sorted(root.glob("ref-*/reference_model.json"))
+    for path in records:  # models cached by a version without --threads, or trained with other logging
+        record = json.loads(path.read_text())
+        record["settings"].pop("threads", None)
+        record["settings"]["log_every"] = 999
+        path.write_text(json.dumps(record))
+    assert prepare_reference_models(run, data, 4, 2, 0, "cpu").report()["reused"] == [0, 1, 2, 3]
     with pytest.raises(CxrsynthError, match="another"):
         prepare_reference_models(run, data, 4, 3, 0, "cpu")
+    record = json.loads(records[0].read_text())
+    record["settings"]["lr"] = 0.5
+    records[0].write_text(json.dumps(record))
+    with pytest.raises(CxrsynthError, match="another settings"):
+        prepare_reference_models(run, data, 4, 2, 0, "cpu")
 
 
 @pytest.mark.slow

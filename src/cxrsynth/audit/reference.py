@@ -228,6 +228,18 @@ def reference_config(run_dir: Path, data_view: Path, steps: int | None, seed: in
     return dataclasses.replace(base, **changes), notes
 
 
+SPEED_AND_LOGGING_SETTINGS: tuple[str, ...] = (
+    "threads", "progress_every", "progress_sampler", "progress_steps", "progress_images", "log_every", "log_with",
+    "checkpoint_every", "keep_checkpoints",
+)
+"""Settings that change how a reference model is trained (speed, logs, checkpoints), not its weights'
+recipe: a cached model trained with other values is reused."""
+
+
+def _comparable(settings: dict) -> dict:
+    return {key: value for key, value in settings.items() if key not in SPEED_AND_LOGGING_SETTINGS}
+
+
 def _settings_of(config) -> dict:
     """The reference configuration as recorded in the manifest (without ``data`` and ``seed``)."""
     from cxrsynth.config import config_to_dict
@@ -260,7 +272,10 @@ def _read_record(path: Path) -> dict | None:
 def _check_record(record: dict, expected: dict, path: Path) -> None:
     """Refuse a finished model trained differently from what this audit asks for."""
     for key in ("seed", "steps", "pool_sha256", "in_patients_sha256", "settings"):
-        if record.get(key) != expected[key]:
+        recorded, wanted = record.get(key), expected[key]
+        if key == "settings" and isinstance(recorded, dict):
+            recorded, wanted = _comparable(recorded), _comparable(wanted)
+        if recorded != wanted:
             raise CxrsynthError(
                 f"{path}: this reference model was trained with another {key} than this audit asks for "
                 f"(another --seed, --reference-steps, training recipe or data)",
