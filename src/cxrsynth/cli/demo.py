@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from cxrsynth.cli.common import threads_option, torch_threads
+from cxrsynth.evaluate.table import results_table
 
 
 def demo_command(
@@ -33,8 +34,6 @@ def demo_command(
     for name, seconds in result.stage_seconds.items():
         console.print(f"  {name:<9} {seconds:7.1f} s")
     if result.fidelity is not None:
-        from cxrsynth.evaluate.runner import results_table
-
         console.print(results_table(result.fidelity))
     if result.audit is not None:
         console.print(f"audit verdict: {result.audit.get('verdict')}")

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from cxrsynth.cli.common import threads_option, torch_threads
+from cxrsynth.evaluate.table import NOT_REQUESTED, results_table
 
 ALL_METRICS = "fid,kid,prc,domain,utility,diversity,pixel"
 
@@ -63,7 +64,7 @@ def evaluate_command(
     """
     from rich.console import Console
 
-    from cxrsynth.evaluate.runner import NOT_REQUESTED, EvaluateOptions, evaluate_run, parse_metrics, results_table
+    from cxrsynth.evaluate.runner import EvaluateOptions, evaluate_run, parse_metrics
 
     options = EvaluateOptions(
         samples=samples,
