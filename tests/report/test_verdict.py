@@ -166,7 +166,7 @@ def test_an_audit_without_real_patient_ids_says_it_understates_leakage() -> None
 def test_the_epsilon_lower_bound_claims_joint_confidence() -> None:
     leaky = audit(attacks={"loss": attack(auc=0.9, ci=(0.85, 0.95), eps=1.5), "blind": attack("none")})
     evidence = text(privacy_answer(leaky, None, "c").evidence)
-    assert "with ≥ 90% joint confidence (two one-sided 95% bounds) the model's true ε is at least this" in evidence
+    assert "with ≥ 90% confidence jointly over every attack result (Clopper–Pearson bounds at 0.1/(2k) each) the model's true ε is at least this" in evidence
     assert "95% confidence" not in evidence
 
 

@@ -20,6 +20,8 @@ can raise the flag, each valid on its own (:mod:`cxrsynth.audit.hypothesis`):
 
 Descriptive numbers (AUC intervals, ε lower bounds, TPRs, the raw copy count) are reported beside
 it but do not raise it on their own: each alone would fire in up to 5–10% of leak-free audits.
+The headline ε (``worst_eps_lower_bound``) is the largest bound over all attack results with the
+confidence split among them (:func:`family_eps_lower_bound`), so it holds at 90% as a whole.
 
 Power
 -----
@@ -31,6 +33,7 @@ evaluated N. An audit that finds nothing bounds the leak by these numbers; it ne
 from __future__ import annotations
 
 from cxrsynth.audit.hypothesis import FAMILY_ALPHA, POWER, holm, minimum_detectable_auc, minimum_detectable_tpr
+from cxrsynth.audit.metrics import DEFAULT_DELTA, epsilon_lower_bound
 
 FAMILY_METHOD = "holm-bonferroni"
 
@@ -45,6 +48,43 @@ def _worst(attacks: dict, key: str) -> dict | None:
 
 PATIENT_SUFFIX = "@patient"
 """Suffix of a patient-level result's name in the family (``loss@patient:auc``)."""
+
+
+EPS_FAMILY_CONFIDENCE = 0.90
+"""Joint confidence of ``summary.worst_eps_lower_bound`` over every attack result it is the largest of."""
+
+
+def family_eps_lower_bound(attacks: dict, delta: float, confidence: float = EPS_FAMILY_CONFIDENCE) -> dict | None:
+    """The largest ε lower bound over ``attacks``, valid for all of them at once (Bonferroni).
+
+    Each result's own ``eps_lower_bound`` holds with ≥ 90% confidence alone, but the largest of k of
+    them does not (k = 26: above the true ε in 17% of simulated audits). Here each result's two
+    one-sided Clopper–Pearson bounds are recomputed at level (1 − ``confidence``)/(2k) from its
+    evaluation counts (its threshold was fixed on calibration), so all k bounds hold together with
+    probability ≥ ``confidence`` and so does their maximum.
+
+    Args:
+        attacks: result name → result with ``eps_bound`` (``true_positives``, ``false_positives``),
+            ``n_eval_members``, ``n_eval_nonmembers`` (results without them are skipped).
+        delta: δ of the bounds.
+        confidence: joint confidence of all bounds.
+
+    Returns:
+        ``{"attack", "value", "confidence", "n_bounds", "per_bound_confidence", "alone_value"}``
+        (``alone_value``: that attack's own 90% bound), or None when no result has counts.
+    """
+    counted = {name: result for name, result in attacks.items() if result.get("eps_bound")}
+    if not counted:
+        return None
+    per_bound = 1.0 - (1.0 - confidence) / (2 * len(counted))
+    best = None
+    for name, result in counted.items():  # registry order: ties go to the attack listed first
+        bound = result["eps_bound"]
+        value = epsilon_lower_bound(bound["true_positives"], result["n_eval_members"], bound["false_positives"],
+                                    result["n_eval_nonmembers"], delta, per_bound).epsilon
+        if best is None or value > best["value"]:
+            best = {"attack": name, "value": value, "alone_value": result.get("eps_lower_bound")}
+    return {**best, "confidence": confidence, "n_bounds": len(counted), "per_bound_confidence": per_bound}
 
 
 def scored_attacks(report: dict) -> dict:
@@ -128,7 +168,7 @@ def summarise(report: dict, alpha: float = FAMILY_ALPHA) -> dict:
         "attacks_beating_chance": [name for name in attacks if {f"{name}:auc", f"{name}:tail"} & rejected],
         "worst_tpr_at_1pct_fpr": _worst(attacks, "tpr_at_1pct_fpr"),
         "worst_tpr_at_zero_fpr": _worst(attacks, "tpr_at_zero_fpr"),
-        "worst_eps_lower_bound": _worst(attacks, "eps_lower_bound"),
+        "worst_eps_lower_bound": family_eps_lower_bound(attacks, report.get("delta", DEFAULT_DELTA)),
         "blind_check_passed": blind_passed,
         "tests": [{"name": result.name, "p_value": result.p_value, "adjusted_p_value": result.adjusted_p_value,
                    "rejected": result.rejected} for result in tests],
@@ -162,8 +202,9 @@ def _attack_sentences(report: dict) -> list[str]:
                          f"{zero['value']:.3f} ({zero['attack']}).")
     worst_eps = summary["worst_eps_lower_bound"]
     if worst_eps is not None:
-        sentences.append(f"Worst empirical ε lower bound: {worst_eps['value']:.2f} ({worst_eps['attack']}, δ = {report['delta']:g}, "
-                         "≥ 90% joint confidence from two one-sided 95% bounds).")
+        sentences.append(f"Largest empirical ε lower bound: {worst_eps['value']:.2f} ({worst_eps['attack']}, δ = "
+                         f"{report.get('delta', DEFAULT_DELTA):g}; ≥ {worst_eps['confidence']:.0%} confidence jointly over "
+                         f"all {worst_eps['n_bounds']} attack results).")
     return sentences
 
 

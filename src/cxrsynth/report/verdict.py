@@ -60,8 +60,11 @@ DIVERSITY_MARGIN = 0.1
 WEAK_VERIFIER_AUC = 0.7
 """A re-identification network below this verification AUC has little power; the report says so."""
 
-EPS_LB_CONFIDENCE = "≥ 90% joint confidence (two one-sided 95% bounds)"
-"""How sure an empirical ε lower bound is: its two one-sided 95% Clopper–Pearson bounds hold jointly at ≥ 90%."""
+EPS_LB_CONFIDENCE = "≥ 90% joint confidence (two one-sided 95% bounds), each attack's bound on its own"
+"""How sure one attack's empirical ε lower bound is: its two one-sided 95% Clopper–Pearson bounds hold jointly at ≥ 90%."""
+EPS_HEADLINE_CONFIDENCE = "≥ 90% confidence jointly over every attack result (Clopper–Pearson bounds at 0.1/(2k) each)"
+"""How sure the audit's largest ε lower bound is (:func:`cxrsynth.audit.summary.family_eps_lower_bound`): the
+maximum of k bounds that each held at 90% would not."""
 
 TPR_1PCT_MIN_NONMEMBERS = 100
 REID_SIGNIFICANCE = 0.05
@@ -499,7 +502,7 @@ def _attack_evidence(audit: dict) -> list[str]:
                         f"strongest attack ({zero['attack']}) finds {zero['value']:.0%} of members{significance}.")
     eps = summary.get("worst_eps_lower_bound")
     if eps is not None:
-        meaning = (f"with {EPS_LB_CONFIDENCE} the model's true ε is at least this" if eps["value"] > 0
+        meaning = (f"with {EPS_HEADLINE_CONFIDENCE} the model's true ε is at least this" if eps["value"] > 0
                    else "no attack separated members from non-members beyond statistical noise")
         evidence.append(f"Largest empirical ε lower bound: {eps['value']:.2f} ({eps['attack']}, δ = {audit['delta']:g}): "
                         f"{meaning}.")
