@@ -199,3 +199,23 @@ def test_threshold_from_calibration_is_applied_unchanged_to_evaluation() -> None
     assert 4 <= result["threshold"] < 10
     assert result["balanced_accuracy"] == pytest.approx(0.9)
     assert result["eps_bound"]["true_positives"] == 4 and result["eps_bound"]["false_positives"] == 0
+
+
+def test_the_tail_direction_follows_a_few_extreme_members_when_the_auc_points_the_other_way() -> None:
+    # Most members score a little lower than non-members (the AUC says "lower"), but 5% of members are
+    # far above everyone: the low-FPR tail and its test must look at the top, not the bottom.
+    rng = np.random.default_rng(4)
+    n = 500
+    is_member = np.repeat([True, False], n)
+    is_calibration = np.concatenate([rng.permutation(np.repeat([True, False], n // 2)) for _ in range(2)])
+    scores = rng.normal(size=2 * n) - 0.3 * is_member
+    leaky = rng.choice(n, size=25, replace=False)
+    scores[leaky] = 8.0 + rng.random(25)
+    result = metrics.attack_metrics(scores, is_member, is_calibration, "higher")
+    assert result["direction"] == "lower" and result["tail_direction"] == "higher"
+    assert result["tpr_at_zero_fpr"] > 0.03 and result["p_value_tail"] < 0.01
+    assert any("TPRs at low FPR and the tail test use it" in note for note in result["notes"])
+    # without the extreme members both directions agree and no note is added
+    plain = metrics.attack_metrics(rng.normal(size=2 * n) + 0.5 * is_member, is_member, is_calibration, "higher")
+    assert plain["tail_direction"] == plain["direction"] == "higher"
+    assert not any("tail test use it" in note for note in plain["notes"])

@@ -219,6 +219,27 @@ def _bound_ratio(true_positives, n_members: int, false_positives, n_nonmembers: 
     return np.maximum((tpr_low - delta) / fpr_high, (tnr_low - delta) / fnr_high)
 
 
+def calibration_tail_count(labels: np.ndarray, membership: np.ndarray) -> int:
+    """Members scored strictly above every non-member (higher ⇒ member): what a low-FPR test can find."""
+    labels = np.asarray(labels, dtype=bool)
+    membership = np.asarray(membership, dtype=np.float64)
+    return int(np.sum(membership[labels] > membership[~labels].max()))
+
+
+def choose_tail_direction(labels: np.ndarray, scores: np.ndarray, auc_direction: str) -> str:
+    """The direction of the low-FPR tail, chosen on these (calibration) scores.
+
+    A leak confined to a few members barely moves the AUC, so the AUC's direction falls on the
+    wrong side in a share of audits and a tail test then looks at the wrong end. The tail's
+    direction is the one that puts more calibration members above every calibration non-member;
+    ties keep ``auc_direction``.
+    """
+    other = LOWER if auc_direction == HIGHER else HIGHER
+    counts = {direction: calibration_tail_count(labels, membership_scores(scores, direction))
+              for direction in (auc_direction, other)}
+    return other if counts[other] > counts[auc_direction] else auc_direction
+
+
 def choose_direction(labels: np.ndarray, scores: np.ndarray, published: str) -> str:
     """The direction (``lower``/``higher`` ⇒ member) with AUC ≥ 0.5 on these (calibration) scores.
 
@@ -416,8 +437,12 @@ def attack_metrics(
     tp, _, fp, _ = confusion_at(y_eval, chosen_eval, eps_threshold)
     bound = epsilon_lower_bound(tp, n_pos, fp, n_neg, delta)
     sign = 1.0 if direction == HIGHER else -1.0
-    low_fpr = {key: low_fpr_metrics(y_cal, chosen_cal, y_eval, chosen_eval, target) for key, target in TPR_TARGETS.items()}
+    tail_direction = direction if fixed_direction else choose_tail_direction(y_cal, scores[calibration], direction)
+    tail = membership_scores(scores, tail_direction)
+    low_fpr = {key: low_fpr_metrics(y_cal, tail[calibration], y_eval, tail[evaluation], target)
+               for key, target in TPR_TARGETS.items()}
     zero = low_fpr["tpr_at_zero_fpr"]
+    tail_sign = 1.0 if tail_direction == HIGHER else -1.0
 
     published = membership_scores(scores, member_if)[evaluation]
     result: dict = {
@@ -427,6 +452,7 @@ def attack_metrics(
         "p_value_tail": tail_p(zero["true_positives"], n_pos, zero["false_positives"], n_neg),
         "published_direction": member_if,
         "direction": direction,
+        "tail_direction": tail_direction,
         "threshold": sign * balanced_threshold,
         "balanced_accuracy": (tp_b / n_pos + (n_neg - fp_b) / n_neg) / 2.0,
         "eps_threshold": sign * eps_threshold,
@@ -442,7 +468,7 @@ def attack_metrics(
     }
     for key, target in TPR_TARGETS.items():
         measured = low_fpr[key]
-        measured["threshold"] *= sign
+        measured["threshold"] *= tail_sign
         result["low_fpr"][key] = measured
         result[key] = measured["tpr"] if measured["measurable"] else None
         if not measured["measurable"]:
@@ -450,6 +476,11 @@ def attack_metrics(
                 f"TPR at {target:.1%} FPR needs at least {math.ceil(1 / target)} evaluation non-members "
                 f"(found {n_neg}; the smallest measurable non-zero FPR is 1/{n_neg})"
             )
+    if tail_direction != direction:
+        result["notes"].append(
+            f"on the calibration half more members stood above every non-member in the {tail_direction} direction, "
+            f"so the TPRs at low FPR and the tail test use it (the AUC-based numbers use {direction})"
+        )
     if direction != member_if:
         result["notes"].append(
             f"the published score calls {member_if} values members; on the calibration half members scored "

@@ -105,13 +105,8 @@ def aggregate(scores: np.ndarray, owner: np.ndarray, n_patients: int, how: str) 
 
 
 TAIL_KEYS: tuple[str, ...] = ("p_value_tail", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "tpr_at_zero_fpr", "low_fpr",
-                              "eps_threshold", "eps_lower_bound", "eps_bound")
+                              "tail_direction", "eps_threshold", "eps_lower_bound", "eps_bound")
 """Patient-level results measured on the tail aggregation (see :func:`patient_metrics`)."""
-
-
-def _calibration_tail(labels: np.ndarray, chosen: np.ndarray) -> int:
-    """Calibration members scored strictly above every calibration non-member (higher ⇒ member)."""
-    return int(np.sum(chosen[labels] > chosen[~labels].max()))
 
 
 def choose_aggregation(scores: np.ndarray, owner: np.ndarray, is_member: np.ndarray, is_calibration: np.ndarray,
@@ -136,9 +131,9 @@ def choose_aggregation(scores: np.ndarray, owner: np.ndarray, is_member: np.ndar
     for how in AGGREGATIONS:
         values = aggregate(scores, owner, len(is_member), how)[calibration]
         direction = metrics.choose_direction(labels, values, member_if)
-        chosen = metrics.membership_scores(values, direction)
-        aucs[how] = float(metrics.roc_auc(labels, chosen))
-        tails[how] = _calibration_tail(labels, chosen)
+        aucs[how] = float(metrics.roc_auc(labels, metrics.membership_scores(values, direction)))
+        tail_direction = metrics.choose_tail_direction(labels, values, direction)
+        tails[how] = metrics.calibration_tail_count(labels, metrics.membership_scores(values, tail_direction))
     best = max(AGGREGATIONS, key=lambda how: (aucs[how], -AGGREGATIONS.index(how)))
     tail = max(AGGREGATIONS, key=lambda how: (tails[how], how == best, -AGGREGATIONS.index(how)))
     return best, tail, aucs, tails

@@ -93,7 +93,10 @@ Top level:
 * ``auc_ci`` ([low, high]|null) — 95% percentile bootstrap interval of ``auc``.
 * ``published_direction`` / ``direction`` (lower|higher) — which scores mean "member" as published
   and as chosen on the calibration half (an attacker with calibration data would flip an inverted
-  score). Every number below uses ``direction``.
+  score). Every number below uses ``direction``, except the low-FPR ones.
+* ``tail_direction`` (lower|higher) — the direction of the TPRs at low FPR, ``low_fpr`` and
+  ``p_value_tail``: the one that puts more calibration members above every calibration non-member
+  (ties: ``direction``), since a leak confined to a few members barely moves the AUC.
 * ``tpr_at_1pct_fpr`` / ``tpr_at_0.1pct_fpr`` / ``tpr_at_zero_fpr`` (float|null) — evaluation-half TPR
   at the threshold fixed on the **calibration** half for FPR ≤ 1% / 0.1% / 0 (ties not split, no
   interpolation); null when the evaluation half has fewer than 100 / 1000 non-members, explained in
