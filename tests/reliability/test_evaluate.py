@@ -147,3 +147,17 @@ def test_audit_on_moved_data(run: Path, tmp_path: Path, capsys) -> None:
     assert_clear_error(result, "moved_away", "does not exist", "--data DATA")
     assert "evaluate" not in result.text.lower()
     assert sorted(path.name for path in (run / "audit").iterdir()) == audit_before
+
+
+def test_audit_of_data_with_too_few_patients(run: Path, tmp_path: Path, capsys) -> None:
+    """3 member and 3 holdout patients: the error says the data is too small, never "--num-members 3" (below the minimum)."""
+    from tests.factories import make_prepared_folder
+
+    small = make_prepared_folder(tmp_path / "small", n_patients=6, images_per_patient=1, size=32,
+                                 split_cycle=("member", "holdout"))
+    audit_before = sorted(path.name for path in (run / "audit").iterdir())
+    result = run_cli(["audit", "--run", str(run), "--data", str(small), "--num-members", "10", "--device", "cpu"], capsys)
+    assert_clear_error(result, "at least 4 member and 4 holdout patients", "3 member and 3 holdout", "--holdout-fraction")
+    assert "--num-members 3" not in result.text
+    assert sorted(path.name for path in (run / "audit").iterdir()) == audit_before
+
