@@ -9,10 +9,13 @@ identical UNet preset, batch size, mixed precision and prepared data (one tempor
 
 Rounds alternate between the two loops (and which goes first), so machine noise hits both alike;
 the script prints each round, the median images/s of each, and their ratio (goal: ≥ 1.0 on CPU).
+With ``--mfu`` it also prints each loop's model FLOP utilisation: the FLOPs of one training step
+(counted once, before the timed rounds) times the median images/s, over a matmul peak measured in
+the same process afterwards, in the training's dtype (bench/mfu.py).
 
     python bench/train.py                        # tiny UNet, 32², batch 32, CPU
     python bench/train.py --device cuda --resolution 128 --preset nih128 --batch-size 64 \
-        --mixed-precision bf16 --compile
+        --mixed-precision bf16 --compile --mfu
 """
 
 from __future__ import annotations
@@ -161,6 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per loop per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per loop first")
+    parser.add_argument("--mfu", action="store_true",
+                        help="also print MFU against a matmul peak measured in this run (bench/mfu.py)")
+    parser.add_argument("--matmul-size", type=int, default=None,
+                        help="side of the square matmul for --mfu's peak (default: 1024 on CPU, 4096 on CUDA)")
     args = parser.parse_args(argv)
 
     configure_device(args.device, args.threads)
@@ -169,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from cxrsynth.config import TrainConfig
     from cxrsynth.data.prepared import load_prepared
+    from mfu import format_mfu, matmul_peak_flops, training_flops_per_image  # bench/mfu.py, beside this script
 
     with tempfile.TemporaryDirectory() as tmp:
         count = max(512, 8 * args.batch_size)
@@ -178,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         loops = [OurLoop(config, data), DiffusersExampleLoop(config, data)]
         for loop in loops:
             loop.run(args.warmup)
+        flops_per_image = training_flops_per_image(loops[0].parts, args.batch_size) if args.mfu else 0.0
         _synchronise(args.device)
         rates: dict[str, list[float]] = {loop.name: [] for loop in loops}
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
@@ -194,6 +203,12 @@ def main(argv: list[str] | None = None) -> None:
         ours, theirs = (statistics.median(rates[loop.name]) for loop in loops)
         print(f"median img/s: cxrsynth {ours:.1f}, diffusers example {theirs:.1f}")
         print(f"ratio cxrsynth / diffusers example: {ours / theirs:.2f}  (goal >= 1.0)")
+        if args.mfu:
+            dtype = torch.bfloat16 if args.mixed_precision == "bf16" else torch.float32
+            peak = matmul_peak_flops(args.device, dtype, args.matmul_size)
+            print(f"matmul peak: {peak / 1e9:.2f} GFLOP/s ({str(dtype).removeprefix('torch.')}, measured in this run)")
+            for name, rate in (("cxrsynth", ours), ("diffusers example", theirs)):
+                print(format_mfu(name, flops_per_image, rate, peak))
 
 
 if __name__ == "__main__":
