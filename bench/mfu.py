@@ -4,7 +4,10 @@ MFU = (FLOPs per image × images/s) / peak FLOP/s. The FLOPs are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, forward and backward; the
 optimizer's element-wise work is not counted, as is usual for MFU). The peak is not a data-sheet
 figure: it is a square matmul timed in the same process, on the same device, in the same dtype and
-under the same backend settings (TF32, threads) as the training it is compared with.
+under the same backend settings (threads) as the training it is compared with. On CUDA in float32,
+cuDNN runs the UNet's convolutions in TF32 by default (``torch.backends.cudnn.allow_tf32``) while
+matmuls stay strict float32, so the peak is then measured with TF32 matmuls too (else MFU could
+exceed 100%); :func:`peak_precision` names what was measured.
 
     from mfu import matmul_peak_flops, training_flops_per_image, format_mfu   # bench/, beside train.py
 """
@@ -66,13 +69,21 @@ def training_flops_per_image(parts, batch_size: int) -> float:
     return counted_flops(step) / batch_size
 
 
+def peak_precision(device: str | torch.device, dtype: torch.dtype) -> str:
+    """What :func:`matmul_peak_flops` measures: "tf32" for float32 on CUDA with cuDNN's TF32 on, else the dtype's name."""
+    if torch.device(device).type == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return str(dtype).removeprefix("torch.")
+
+
 def matmul_peak_flops(device: str | torch.device, dtype: torch.dtype, size: int | None = None,
                       repeats: int = 5, min_seconds: float = 0.2) -> float:
     """The device's matmul throughput: best of ``repeats`` timings of ``size``² @ ``size``² in ``dtype``.
 
     Args:
         device: where to run ("cpu", "cuda", ...), as the training does.
-        dtype: the training's matmul dtype (float32, or bfloat16 under bf16 mixed precision).
+        dtype: the training's matmul dtype (float32, or bfloat16 under bf16 mixed precision); float32 on
+            CUDA is timed with TF32 matmuls where cuDNN's convolutions use TF32 (:func:`peak_precision`).
         size: the square side; None picks 1024 on CPU and 4096 on CUDA.
         repeats: timed repetitions (after one warm-up); the fastest counts.
         min_seconds: each repetition runs enough matmuls to last about this long.
@@ -90,6 +101,17 @@ def matmul_peak_flops(device: str | torch.device, dtype: torch.dtype, size: int 
     a = torch.randn((size, size), device=device, dtype=dtype)
     b = torch.randn((size, size), device=device, dtype=dtype)
     flops = 2 * size**3
+    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = peak_precision(device, dtype) == "tf32" or previous_tf32
+    try:
+        return flops * _best_repeat_count_per_second(a, b, device, repeats, min_seconds)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
+
+
+def _best_repeat_count_per_second(a: torch.Tensor, b: torch.Tensor, device: torch.device, repeats: int,
+                                  min_seconds: float) -> float:
+    """Matmuls per second of ``a @ b``: one warm-up, then the fastest of ``repeats`` timed batches."""
 
     def timed(count: int) -> float:
         _synchronise(device)
@@ -101,8 +123,7 @@ def matmul_peak_flops(device: str | torch.device, dtype: torch.dtype, size: int 
 
     first = timed(1)  # warm-up: allocations, kernel choice
     count = max(1, int(min_seconds / max(timed(1), first / 10, 1e-6)))
-    best = min(timed(count) for _ in range(repeats))
-    return flops * count / best
+    return count / min(timed(count) for _ in range(repeats))
 
 
 def format_mfu(name: str, flops_per_image: float, images_per_second: float, peak: float) -> str:

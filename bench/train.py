@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from cxrsynth.config import TrainConfig
     from cxrsynth.data.prepared import load_prepared
-    from mfu import format_mfu, matmul_peak_flops, training_flops_per_image  # bench/mfu.py, beside this script
+    from mfu import format_mfu, matmul_peak_flops, peak_precision, training_flops_per_image  # bench/mfu.py, beside this script
 
     with tempfile.TemporaryDirectory() as tmp:
         count = max(512, 8 * args.batch_size)
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.mfu:
             dtype = torch.bfloat16 if args.mixed_precision == "bf16" else torch.float32
             peak = matmul_peak_flops(args.device, dtype, args.matmul_size)
-            print(f"matmul peak: {peak / 1e9:.2f} GFLOP/s ({str(dtype).removeprefix('torch.')}, measured in this run)")
+            print(f"matmul peak: {peak / 1e9:.2f} GFLOP/s ({peak_precision(args.device, dtype)}, measured in this run)")
             for name, rate in (("cxrsynth", ours), ("diffusers example", theirs)):
                 print(format_mfu(name, flops_per_image, rate, peak))
 

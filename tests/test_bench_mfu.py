@@ -37,6 +37,11 @@ def test_matmul_peak_is_a_finite_positive_rate(mfu):
         mfu.matmul_peak_flops("cpu", torch.float32, size=0)
 
 
+def test_peak_precision_on_cpu_is_the_dtype(mfu):
+    assert mfu.peak_precision("cpu", torch.float32) == "float32"
+    assert mfu.peak_precision("cpu", torch.bfloat16) == "bfloat16"
+
+
 def test_format_mfu_states_the_ratio(mfu):
     line = mfu.format_mfu("x", 2e9, 10.0, 40e9)
     assert line.startswith("MFU x:") and line.endswith("= 50.0%")
