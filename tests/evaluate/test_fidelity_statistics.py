@@ -12,6 +12,7 @@ import pytest
 from cxrsynth.errors import CxrsynthError
 from cxrsynth.evaluate import runner
 from cxrsynth.evaluate.bootstrap import half_sample_frechet, matched_frechet, patient_bootstrap_rows, patient_groups
+from cxrsynth.evaluate.table import table_rows
 from cxrsynth.report.verdict import realism_answer
 
 DIMENSIONS = 16
@@ -82,7 +83,7 @@ def test_synthetic_and_real_baseline_are_compared_at_the_same_n() -> None:
     assert realism_answer(report, "c").level in {"caution", "bad"}
     assert report["matched_n"] == 60 and report["fd_domain_sampling"]["n"] == 30
     assert report["fd_domain_sampling"]["n_reference"] == 150
-    rows = {row[0]: row for row in runner.table_rows(report)}
+    rows = {row[0]: row for row in table_rows(report)}
     assert "matched N=60" in rows["FD (domain)"][3] and "N=60" in rows["FD (domain)"][2]
 
 
