@@ -115,6 +115,7 @@ def rows_of(name: str, report: dict, train_seconds: float) -> list[dict]:
                 "tpr_at_zero_fpr": result["tpr_at_zero_fpr"], "nfe_per_image": image_level["nfe_per_image"],
                 "seconds_per_1000_images": image_level["seconds_per_1000_images"],
                 "selected": image_level.get("selected"), "aggregation": result.get("aggregation"),
+                "tail_aggregation": result.get("tail_aggregation"), "tail_direction": result.get("tail_direction"),
                 "n_eval": result["n_eval_members"], "train_seconds": train_seconds,
             })
     return rows
@@ -137,18 +138,24 @@ def markdown(rows: list[dict], reports: dict) -> str:
         flipped = row["direction"] != row["published_direction"]
         auc = f"{oriented_auc(row):.3f}" + (f" [{(1 - high) if flipped else low:.3f}, {(1 - low) if flipped else high:.3f}]"
                                             if low is not None else "") + (" (inv.)" if flipped else "")
-        level = row["level"] + (f" ({row['aggregation']})" if row["aggregation"] else "")
+        tail = row["tail_aggregation"] or row["aggregation"]
+        level = row["level"] + (f" ({row['aggregation']}" + (f"; tail: {tail}" if tail != row["aggregation"] else "") + ")"
+                                if row["aggregation"] else "")
         lines.append(f"| {row['checkpoint']} (n={row['n_eval']}) | {row['attack']} | {level} | {auc} | "
                      f"{number(row['tpr_at_1pct_fpr'])} | {number(row['tpr_at_0.1pct_fpr'])} | "
-                     f"{number(row['tpr_at_zero_fpr'])} | {row['nfe_per_image']:g} | {row['seconds_per_1000_images']:.0f} |")
+                     f"{number(row['tpr_at_zero_fpr'])} | {row['nfe_per_image']:.1f} | {row['seconds_per_1000_images']:.0f} |")
     lines.append("")
     for name, report in reports.items():
         best = {level: max((r for r in rows if r["checkpoint"] == name and r["level"] == level
                             and r["attack"] != "blind"), key=oriented_auc, default=None) for level in ("image", "patient")}
         text = ", ".join(f"best {level}: {row['attack']} {oriented_auc(row):.3f}" for level, row in best.items() if row)
         reference = report.get("reference_models")
-        lines.append(f"- {name}: {text}; leak flag {report['summary']['leak_detected']}; reference models: "
-                     f"{json.dumps(reference) if reference else 'none'}")
+        compute = (f"{reference['count']} × {reference['steps']} steps, {reference['train_seconds_per_model']:.0f} s each"
+                   if reference else "none")
+        eps = report["summary"].get("worst_eps_lower_bound") or {}
+        lines.append(f"- {name}: {text}; leak flag {report['summary']['leak_detected']}; headline ε_lb "
+                     f"{eps.get('value', 0.0):.2f} ({eps.get('attack', '-')}); minimum detectable AUC "
+                     f"{report['power']['min_detectable_auc'] or float('nan'):.2f}; reference models: {compute}")
     return "\n".join(lines)
 
 
@@ -162,6 +169,8 @@ def main() -> None:
     parser.add_argument("--overfit-steps", type=int, default=500)
     parser.add_argument("--moderate-steps", type=int, default=600)
     parser.add_argument("--reference-models", type=int, default=4, help="K reference models on the overfit checkpoints")
+    parser.add_argument("--from-audits", action="store_true",
+                        help="only print the table of the checkpoints' existing RUN/audit/audit.json (no training or audit)")
     parser.add_argument("--samples", type=int, default=256, help="synthetic images per checkpoint (nn, nn_domain)")
     parser.add_argument("--reference-steps", type=int, default=None, help="steps per reference model (default: the run's)")
     args = parser.parse_args()
@@ -170,6 +179,17 @@ def main() -> None:
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     rows, reports = [], {}
+    if args.from_audits:
+        for name in args.checkpoints.split(","):
+            report_path = args.out / name / "run" / "audit" / "audit.json"
+            if not report_path.is_file():
+                print(f"{name}: no {report_path}", file=sys.stderr)
+                continue
+            reports[name] = json.loads(report_path.read_text())
+            seconds = json.loads((args.out / name / "train_seconds.json").read_text())["seconds"]
+            rows += rows_of(name, reports[name], seconds)
+        print(markdown(rows, reports))
+        return
     for name in args.checkpoints.split(","):
         data = build_data(args.out, name, args.nih if args.nih.is_dir() else None)
         if data is None:
