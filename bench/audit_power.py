@@ -116,9 +116,21 @@ def rows_of(name: str, report: dict, train_seconds: float) -> list[dict]:
                 "seconds_per_1000_images": image_level["seconds_per_1000_images"],
                 "selected": image_level.get("selected"), "aggregation": result.get("aggregation"),
                 "tail_aggregation": result.get("tail_aggregation"), "tail_direction": result.get("tail_direction"),
+                "low_fpr": result.get("low_fpr"),
                 "n_eval": result["n_eval_members"], "train_seconds": train_seconds,
             })
     return rows
+
+
+def tpr_with_interval(row: dict, key: str) -> str:
+    """TPR at a calibration threshold with its exact 95% Clopper–Pearson interval over the evaluated members."""
+    from scipy.stats import binomtest
+
+    measured = (row.get("low_fpr") or {}).get(key)
+    if row.get(key) is None or not measured:
+        return "n/a"
+    interval = binomtest(int(measured["true_positives"]), int(row["n_eval"])).proportion_ci(method="exact")
+    return f"{row[key]:.3f} [{interval.low:.2f}, {interval.high:.2f}]"
 
 
 def oriented_auc(row: dict) -> float:
@@ -128,10 +140,7 @@ def oriented_auc(row: dict) -> float:
 
 def markdown(rows: list[dict], reports: dict) -> str:
     """The side-by-side table, one block per checkpoint."""
-    def number(value, digits=3):
-        return "n/a" if value is None else f"{value:.{digits}f}"
-
-    lines = ["| checkpoint | attack | level | AUC [95% CI] | TPR@1%FPR | TPR@0.1%FPR | TPR@0FPR (cal. thr.) | NFE | s / 1000 img |",
+    lines = ["| checkpoint | attack | level | AUC [95% CI] | TPR@1%FPR [95% CI] | TPR@0.1%FPR [95% CI] | TPR@0FPR (cal. thr.) [95% CI] | NFE | s / 1000 img |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         low, high = row["auc_ci"] or (None, None)
@@ -142,8 +151,8 @@ def markdown(rows: list[dict], reports: dict) -> str:
         level = row["level"] + (f" ({row['aggregation']}" + (f"; tail: {tail}" if tail != row["aggregation"] else "") + ")"
                                 if row["aggregation"] else "")
         lines.append(f"| {row['checkpoint']} (n={row['n_eval']}) | {row['attack']} | {level} | {auc} | "
-                     f"{number(row['tpr_at_1pct_fpr'])} | {number(row['tpr_at_0.1pct_fpr'])} | "
-                     f"{number(row['tpr_at_zero_fpr'])} | {row['nfe_per_image']:.1f} | {row['seconds_per_1000_images']:.0f} |")
+                     f"{tpr_with_interval(row, 'tpr_at_1pct_fpr')} | {tpr_with_interval(row, 'tpr_at_0.1pct_fpr')} | "
+                     f"{tpr_with_interval(row, 'tpr_at_zero_fpr')} | {row['nfe_per_image']:.1f} | {row['seconds_per_1000_images']:.0f} |")
     lines.append("")
     for name, report in reports.items():
         best = {level: max((r for r in rows if r["checkpoint"] == name and r["level"] == level
