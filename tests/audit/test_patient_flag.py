@@ -81,8 +81,9 @@ def test_patient_level_tests_find_a_few_memorised_follow_ups_that_image_level_mi
     reports = [simulate_patient_audit(2000 + seed, n=500, memorised_fraction=0.05) for seed in range(20)]
     flags = [report["summary"]["leak_detected"] for report in reports]
     image_only = [_image_level_only(report) for report in reports]
-    # measured on these 20 seeds: 0.85 with the patient-level tests, 0.0 with the image-level ones alone
-    assert np.mean(flags) >= 0.8
+    # measured on these 20 seeds: 1.0 with the patient-level tests (0.85 before the tail's direction was
+    # chosen by the tail), 0.0 with the image-level ones alone
+    assert np.mean(flags) >= 0.9
     assert np.mean(image_only) <= 0.1  # the memorised image is never the designated one
     rejected = {test["name"] for report in reports for test in report["summary"]["tests"] if test["rejected"]}
     assert any(name.endswith("@patient:tail") or name.endswith("@patient:auc") for name in rejected)
