@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from cxrsynth.cli.common import threads_option, torch_threads
+from cxrsynth.cli.common import table_console, threads_option, torch_threads
 
 ATTACKS_HELP = (
     "Comma-separated attacks (default: every one that applies). White-box (need the model): loss (ε-prediction "
@@ -114,9 +114,7 @@ def audit_command(
     errors = Console(stderr=True)
     with torch_threads(threads):
         report = audit_run(run, options, log=lambda line: errors.print(f"[dim]audit:[/] {line}", highlight=False))
-    console = Console()
-    if not console.is_terminal:  # logs and pipes: rich would squeeze the table into 80 columns
-        console = Console(width=160)
+    console = table_console()
     console.print(results_table(report))
     notes: dict[str, list[str]] = {}
     for name, result in report["attacks"].items():
@@ -159,13 +157,11 @@ def stats_command(
         "images of one patient make the p-values invalid."),
 ) -> None:
     """Compute the audit statistics of SCORES.csv and write OUT.json."""
-    from rich.console import Console
-
     from cxrsynth.audit.runner import results_table
     from cxrsynth.audit.scores import audit_stats
 
     report = audit_stats(scores, out, direction, delta, seed, independent_rows)
-    console = Console() if Console().is_terminal else Console(width=160)
+    console = table_console()
     console.print(results_table(report))
     console.print(f"[bold]verdict:[/] {report['verdict']}", highlight=False)
     console.print(f"wrote {out}")

@@ -1,4 +1,5 @@
-"""What several commands share: the ``--threads`` option and the one place it reaches torch.
+"""What several commands share: the ``--threads`` option and the one place it reaches torch, and the
+console that prints a results table.
 
 Light on purpose (torch is imported only when a command applies its threads), so that importing a
 command module loads no heavy library.
@@ -104,3 +105,16 @@ def torch_threads(threads: int | None) -> Iterator[int]:
         yield count
     finally:
         torch.set_num_threads(previous)
+
+
+TABLE_WIDTH_OFF_TERMINAL = 160
+"""Console width for a results table written to a log or a pipe (rich would squeeze it into 80 columns)."""
+
+
+def table_console() -> Any:
+    """A rich ``Console`` for stdout that prints wide tables in full when stdout is not a terminal."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=TABLE_WIDTH_OFF_TERMINAL)
+
